@@ -1,0 +1,78 @@
+"""ukdbg/cli.py: the `ukdbg` command: dispatch subcommands, map errors to exit codes.
+
+No logic lives here. `ukdbg run` is dispatched before anything else is imported: its
+start-up time is a measured feature (bench/boot.py).
+"""
+
+import os
+import sys
+
+USAGE = """\
+usage: ukdbg COMMAND [ARGS...]
+
+commands:
+  run [OPTIONS] APP.hvt [ARGS...]   boot a Solo5 hvt unikernel (ukdbg run --help)
+  core CORE [OPTIONS]               inspect a core file written by ukdbg
+  ps                                list running unikernels
+  status|pause|resume|stop PID      query or steer a running unikernel
+  dump PID [-o FILE]                write a live core of a running unikernel
+  attach PID [--print]              attach gdb to a running unikernel
+  version                           print the version
+
+ukdbg --version, ukdbg COMMAND --help
+"""
+
+# subcommand -> module under ukdbg/ exposing main(argv) -> int
+COMMANDS = {
+    "run": "tender.run:run_main",
+}
+
+
+def _err(msg: str, hint: str = "") -> None:
+    line = f"ukdbg: {msg}"
+    if hint:
+        line += f" (hint: {hint})"
+    sys.stderr.write(line + "\n")
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        sys.stdout.write(USAGE)
+        return 0 if argv else 2
+    if argv[0] in ("--version", "version", "-V"):
+        from . import __version__
+        print(f"ukdbg {__version__}")
+        return 0
+    cmd = argv[0]
+    target = COMMANDS.get(cmd)
+    if target is None:
+        _err(f"unknown command '{cmd}'", "ukdbg --help lists the commands")
+        return 2
+    from .errors import UkdbgError
+    try:
+        modname, func = target.split(":")
+        __import__(f"{__package__}.{modname}")
+        code = getattr(sys.modules[f"{__package__}.{modname}"], func)(argv[1:])
+        if cmd == "run":
+            # The guest is gone and everything is flushed: skip the interpreter's
+            # teardown (a millisecond or two that every `ukdbg run` would pay).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        return code
+    except UkdbgError as e:
+        _err(str(e), e.hint)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 141
+    except SystemExit:
+        raise
+    except Exception as e:  # a bug in ukdbg: one line, traceback on request
+        if os.environ.get("UKDBG_DEBUG"):
+            raise
+        _err(f"internal error: {type(e).__name__}: {e} (set UKDBG_DEBUG=1 for a "
+             "traceback)")
+        return 70

@@ -1,0 +1,144 @@
+"""ukdbg/kvm/memory.py: GuestMemory, guest-physical RAM; the only code that touches it.
+
+RAM is a memfd mapped MAP_SHARED: pages the guest never touched stay holes in the
+memfd, so SEEK_DATA/SEEK_HOLE (touched_extents) tells a core writer what to save
+without reading 4 GiB. Every access is bounds-checked with Python's unbounded ints,
+so `gpa + size` cannot wrap: a hostile guest pointer raises GuestMemoryError and never
+reaches the mapping.
+"""
+
+import mmap
+import os
+import struct
+
+from ..errors import GuestMemoryError
+
+PAGE_SIZE = 4096
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+_MAX_ADDR = 1 << 64
+
+
+class GuestMemory:
+    _serial = 0
+
+    def __init__(self, size: int):
+        if size <= 0 or size % PAGE_SIZE:
+            raise ValueError(f"guest memory size {size:#x} is not a positive page multiple")
+        self.size = size
+        GuestMemory._serial += 1
+        # A unique name lets host_address find this mapping in /proc/self/maps.
+        self.name = f"ukdbg-guest-{os.getpid()}-{GuestMemory._serial}"
+        self.fd = os.memfd_create(self.name, os.MFD_CLOEXEC)
+        os.ftruncate(self.fd, size)
+        self._map = mmap.mmap(self.fd, size, mmap.MAP_SHARED,
+                              mmap.PROT_READ | mmap.PROT_WRITE)
+        self.view = memoryview(self._map)
+        # [start, end) ranges the guest may not have the monitor write into on its
+        # behalf (its text and rodata); the debugger may still write there.
+        self.readonly = []
+
+    @property
+    def host_address(self) -> int:
+        """Where RAM is mapped in this process (for KVM_SET_USER_MEMORY_REGION)."""
+        from .libc import mapping_address
+        return mapping_address(self.name, self.size)
+
+    # --- checks -------------------------------------------------------------------------
+    def check(self, gpa: int, size: int) -> None:
+        """Raise GuestMemoryError unless [gpa, gpa+size) lies inside guest RAM."""
+        if gpa < 0 or size < 0 or gpa >= _MAX_ADDR or gpa + size > self.size:
+            raise GuestMemoryError(gpa, size)
+
+    def contains(self, gpa: int, size: int) -> bool:
+        return 0 <= gpa and 0 <= size and gpa + size <= self.size
+
+    def check_guest_write(self, gpa: int, size: int) -> None:
+        """check() plus: the range must not touch the guest's read-only segments."""
+        self.check(gpa, size)
+        end = gpa + size
+        for lo, hi in self.readonly:
+            if gpa < hi and lo < end:
+                raise GuestMemoryError(gpa, size, "is read-only guest memory")
+
+    # --- access (address first, always) --------------------------------------------------
+    def read(self, gpa: int, size: int) -> bytes:
+        self.check(gpa, size)
+        return self._map[gpa:gpa + size]
+
+    def write(self, gpa: int, data) -> None:
+        """Write as the host/debugger (ignores the guest's read-only segments)."""
+        n = len(data)
+        self.check(gpa, n)
+        self._map[gpa:gpa + n] = data
+
+    def guest_write(self, gpa: int, data) -> None:
+        """Write on the guest's request (a hypercall result): refuses read-only memory."""
+        n = len(data)
+        self.check_guest_write(gpa, n)
+        self._map[gpa:gpa + n] = data
+
+    def slice(self, gpa: int, size: int) -> memoryview:
+        """A zero-copy view of guest memory (valid while the memory lives)."""
+        self.check(gpa, size)
+        return self.view[gpa:gpa + size]
+
+    def read_u64(self, gpa: int) -> int:
+        self.check(gpa, 8)
+        return _U64.unpack_from(self._map, gpa)[0]
+
+    def write_u64(self, gpa: int, value: int) -> None:
+        self.check(gpa, 8)
+        _U64.pack_into(self._map, gpa, value)
+
+    def read_u32(self, gpa: int) -> int:
+        self.check(gpa, 4)
+        return _U32.unpack_from(self._map, gpa)[0]
+
+    def unpack(self, st: struct.Struct, gpa: int) -> tuple:
+        """Decode a hypercall struct in place: st.unpack_from after a bounds check."""
+        self.check(gpa, st.size)
+        return st.unpack_from(self._map, gpa)
+
+    def pack(self, st: struct.Struct, gpa: int, *values) -> None:
+        """Encode into guest memory (guest-requested: read-only memory is refused)."""
+        self.check_guest_write(gpa, st.size)
+        st.pack_into(self._map, gpa, *values)
+
+    def read_cstring(self, gpa: int, max_len: int) -> bytes:
+        """Bytes up to (not including) a NUL, at most max_len; bounded by guest RAM."""
+        self.check(gpa, 0)
+        end = min(gpa + max_len, self.size)
+        i = self._map.find(b"\0", gpa, end)
+        return self._map[gpa:(end if i < 0 else i)]
+
+    # --- sparse-aware helpers ---------------------------------------------------------------
+    def touched_extents(self, start: int = 0, end: int | None = None):
+        """[(lo, hi)] page ranges that hold data (SEEK_DATA/SEEK_HOLE on the memfd)."""
+        end = self.size if end is None else min(end, self.size)
+        out = []
+        pos = start
+        while pos < end:
+            try:
+                lo = os.lseek(self.fd, pos, os.SEEK_DATA)
+            except OSError:            # ENXIO: no data after pos
+                break
+            if lo >= end:
+                break
+            hi = min(os.lseek(self.fd, lo, os.SEEK_HOLE), end)
+            out.append((lo, hi))
+            pos = hi
+        return out
+
+    def resident_bytes(self) -> int:
+        return sum(hi - lo for lo, hi in self.touched_extents())
+
+    def close(self):
+        try:
+            self.view.release()
+            self._map.close()
+        except BufferError:
+            pass            # a live export (a ctypes view) still holds it; the OS will
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1

@@ -1,0 +1,68 @@
+"""ukdbg/tender/loop.py: the vCPU loop (Solo5's hvt_vcpu_loop, Firecracker's run_emulation).
+
+run(m) runs the guest until something ends or stops it and returns a target.Stop.
+Hypercalls are dispatched from a table here; everything else is a module's hook or
+tender/endings.py's diagnosis. Hot path: keep attribute lookups out of the loop.
+"""
+
+from ..errors import GuestMemoryError
+from ..kvm.exits import INTERRUPTED, IoOut
+from . import abi, endings
+from .machine import HANDLED
+
+_PIO_BASE = abi.PIO_BASE
+_HC_MAX = abi.HC_MAX
+_HC_HALT = abi.HC_HALT
+
+
+def run(m):
+    """Run the guest until it stops; returns the Stop (target.py)."""
+    vcpu_run = m.vcpu.run
+    table = m.hypercalls
+    counts = m.stats.hypercalls
+    hooks = m.vmexit_hooks
+    observers = m.hypercall_observers
+    events = m.events
+    while True:
+        if events.pending or events.stop_request is not None:
+            stop = events.service(())
+            if stop is not None:
+                return stop
+        ex = vcpu_run()
+        if hooks:
+            for hook in hooks:
+                r = hook(m, ex)
+                if r is not None:
+                    break
+            if r is HANDLED:
+                continue
+            if r is not None:
+                return r
+        if ex.__class__ is IoOut:
+            nr = ex.port - _PIO_BASE
+            if 0 <= nr < _HC_MAX and ex.size == 4:
+                gpa = int.from_bytes(ex.data, "little")
+                counts[nr] += 1
+                if observers:
+                    for obs in list(observers):
+                        obs(m)
+                if nr == _HC_HALT:
+                    return endings.halt(m, gpa)
+                fn = table[nr]
+                if fn is None:      # nr 0 is reserved; devices not attached
+                    return endings.bad_hypercall(m, nr, gpa)
+                try:
+                    stop = fn(m, gpa)
+                except GuestMemoryError as e:
+                    return endings.hostile_pointer(m, nr, e)
+                if stop is not None:
+                    return stop
+                continue
+            return endings.bad_port(m, ex)
+        if ex is INTERRUPTED:
+            m.stats.count_exit(10)
+            stop = events.service()
+            if stop is not None:
+                return stop
+            continue
+        return endings.classify(m, ex)

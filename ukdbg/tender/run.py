@@ -1,0 +1,94 @@
+"""ukdbg/tender/run.py: `ukdbg run`: options -> image -> machine -> modules -> loop -> ending.
+
+The one place where a run's pieces are wired together. Feature modules are imported
+only when their option is given, so the plain run path loads nothing but the standard
+library's C-level modules (measured in bench/boot.py).
+"""
+
+import os
+import sys
+
+from ..errors import UkdbgError
+from . import endings, loop, options
+from .loader import read_image
+from .machine import adjust_mem_size, build_machine, check_devices_attached, write_boot_info
+
+# (module under tender/modules or tender/, enabled?) in setup order. Hypercall
+# modules first (devices must be attached before the boot info is written).
+MODULES = (
+    ("modules.core", lambda o: True),
+    ("modules.block", lambda o: bool(o.blocks)),
+    ("modules.net", lambda o: bool(o.nets)),
+    ("traps", lambda o: True),
+)
+
+
+def warn(msg: str) -> None:
+    sys.stderr.write(f"ukdbg: {msg}\n")
+
+
+def _import(name):
+    __import__(f"{__package__}.{name}")
+    return sys.modules[f"{__package__}.{name}"]
+
+
+def run_main(argv: list, mark=None) -> int:
+    """Entry point of `ukdbg run`; returns the process exit status.
+
+    mark(phase) is called between phases (bench/boot.py's breakdown)."""
+    opts = options.parse_run(argv)
+    image = read_image(opts.app)
+    options.check_against_manifest(opts, image.manifest)
+    opts.mem_size = adjust_mem_size(opts.mem_mb, warn)
+    m = build_machine(image, opts, warn)
+    m.argv = ["ukdbg", "run"] + list(argv)
+    try:
+        for name, enabled in MODULES:
+            if enabled(opts):
+                _import(name).setup(m, opts)
+        check_devices_attached(m)
+        write_boot_info(m, " ".join(opts.args).encode())
+        m.events.arm()
+        if mark:
+            mark("setup")
+        stop = drive(m)
+        if mark:
+            mark("run")
+        return finish(m, stop)
+    finally:
+        m.close()
+
+
+def drive(m):
+    """Run to the final stop. A debugger module may take over (m.driver)."""
+    import time
+    m.started = time.monotonic()
+    driver = getattr(m, "driver", None)
+    if driver is not None:
+        return driver(m)
+    return loop.run(m)
+
+
+def finish(m, stop) -> int:
+    """Ending hooks (cores, reports), the one-line diagnosis, the exit status."""
+    from ..target import Crashed, Exited, Killed
+    if isinstance(stop, Crashed) and stop.regs is None and m.fault is not None:
+        stop.regs = m.fault.regs
+    m.final_stop = stop
+    m.reported = False
+    for hook in m.ending_hooks:
+        try:
+            hook(m, stop)
+        except UkdbgError as e:
+            warn(str(e))
+    if not m.reported:
+        if isinstance(stop, Crashed):
+            warn(f"{os.path.basename(m.image.path)}: {stop.message}")
+        elif isinstance(stop, Killed):
+            from ..target import SIGNAL_NAMES
+            what = "--timeout expired" if stop.reason == "timeout" else \
+                f"received {SIGNAL_NAMES.get(stop.signal, stop.signal)}"
+            warn(f"{os.path.basename(m.image.path)}: {what}, guest stopped")
+        elif not isinstance(stop, Exited):
+            warn(f"{os.path.basename(m.image.path)}: guest stopped: {stop!r}")
+    return endings.exit_code(stop)
