@@ -48,15 +48,25 @@ class Events:
         self.signal_handlers = {}    # signo -> fn(m, signo) -> Stop | None
         self.stop_request = None     # a Stop a callback wants the loop to return
         self.armed = False
+        self.blocked = BLOCKED
         self._wake_r = self._wake_w = -1
+
+    def watch_signal(self, signo: int, handler) -> None:
+        """Route signo to handler(m, signo) -> Stop | None. Before arm() for signals
+        outside BLOCKED (e.g. --core-on USR2)."""
+        self.signal_handlers[signo] = handler
+        if signo not in self.blocked:
+            if self.armed:
+                raise RuntimeError("watch_signal for a new signal after arm()")
+            self.blocked = self.blocked + (signo,)
 
     def arm(self) -> None:
         """Call once, in the main (vCPU) thread, before the first KVM_RUN."""
-        for s in BLOCKED:
+        for s in self.blocked:
             if _signal.getsignal(s) != _signal.SIG_IGN:
                 _signal.signal(s, _noop)
-        old = _signal.pthread_sigmask(_signal.SIG_BLOCK, BLOCKED)
-        self.m.vcpu.set_signal_mask(_bits(old) & ~_bits(BLOCKED))
+        old = _signal.pthread_sigmask(_signal.SIG_BLOCK, self.blocked)
+        self.m.vcpu.set_signal_mask(_bits(old) & ~_bits(self.blocked))
         self.tid = _thread.get_native_id()
         self.ident = _thread.get_ident()
         self.armed = True
@@ -94,7 +104,7 @@ class Events:
         """Consume the blocked signals that are pending (after KVM_RUN's EINTR)."""
         out = []
         while True:
-            info = _signal.sigtimedwait(BLOCKED, 0)
+            info = _signal.sigtimedwait(self.blocked, 0)
             if info is None:
                 return out
             out.append(info.si_signo)
@@ -155,12 +165,12 @@ class Events:
         old_fd = _signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False) \
             if self.armed else -1
         if self.armed:
-            _signal.pthread_sigmask(_signal.SIG_UNBLOCK, BLOCKED)
+            _signal.pthread_sigmask(_signal.SIG_UNBLOCK, self.blocked)
         try:
             events = p.poll(ms)
         finally:
             if self.armed:
-                _signal.pthread_sigmask(_signal.SIG_BLOCK, BLOCKED)
+                _signal.pthread_sigmask(_signal.SIG_BLOCK, self.blocked)
                 _signal.set_wakeup_fd(old_fd)
         signals = []
         try:

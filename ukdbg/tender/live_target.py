@@ -1,0 +1,166 @@
+"""ukdbg/tender/live_target.py: LiveTarget, the target.Target of a running Machine.
+
+The read side (registers, FPU, guest-virtual memory through the guest's page tables,
+memory map) is what the gdb stub, live core dumps and the crash report share. Debugger
+powers (writing, resuming, breakpoints, watchpoints) are capabilities on top.
+
+When the vCPU sits at a guest exception handler caught by tender/traps.py, the
+registers shown are those *of the faulting instruction* (`fault_view`), as a debugger
+of a crashed process expects.
+"""
+
+import errno
+
+from ..arch import mmu
+from ..errors import TargetError
+from ..target import MemoryRegion
+
+PAGE = 4096
+
+
+class LiveTarget:
+    def __init__(self, m):
+        self.m = m
+        self.fault_view = None        # a traps.FaultContext while stopped at a fault
+        self._stop = None
+        self._sregs = None            # cached between resumes (translations use it)
+
+    # --- state caching --------------------------------------------------------------------
+    def invalidate(self) -> None:
+        """Forget cached vCPU state (call before and after the guest runs)."""
+        self._sregs = None
+
+    def sregs(self):
+        if self._sregs is None:
+            self._sregs = self.m.vcpu.get_sregs()
+        return self._sregs
+
+    # --- registers ---------------------------------------------------------------------------
+    def read_registers(self):
+        """arch.x86_64.Regs: the faulting context at a caught fault, else the vCPU's."""
+        from ..arch.x86_64 import Regs
+        if self.fault_view is not None:
+            return self.fault_view.regs.copy()
+        return Regs.from_kvm(self.m.vcpu.get_regs(), self.sregs())
+
+    def read_fpu(self):
+        from ..arch.x86_64 import Fpu
+        if self.m.caps.get("xsave"):
+            return Fpu.from_fxsave(self.m.vcpu.get_xsave()[:512])
+        return Fpu.from_kvm(self.m.vcpu.get_fpu())
+
+    def read_xsave(self):
+        """(xsave area bytes, xcr0) or None when KVM has no XSAVE."""
+        if not self.m.caps.get("xsave"):
+            return None
+        xcr0 = self.m.vcpu.get_xcrs().get(0, 1) if self.m.caps.get("xcrs") else 1
+        return self.m.vcpu.get_xsave(), xcr0
+
+    # --- memory ------------------------------------------------------------------------------
+    def _read_u64_phys(self, gpa):
+        mem = self.m.mem
+        return mem.read_u64(gpa) if mem.contains(gpa, 8) else None
+
+    def translate(self, gva: int):
+        """mmu.Translation, or a falsy mmu.WalkFailure."""
+        s = self.sregs()
+        return mmu.walk(self._read_u64_phys, s.cr0, s.cr3, s.cr4, s.efer, gva)
+
+    def read_memory(self, addr: int, size: int) -> bytes:
+        """Guest-virtual read; may return short at an unmapped page, raises
+        TargetError(EFAULT) when nothing at addr is readable. Planted breakpoint
+        bytes read back as the original instructions."""
+        out = bytearray()
+        mem = self.m.mem
+        dc = self.m.debug
+        while size > 0:
+            t = self.translate(addr)
+            if not t:
+                break
+            chunk = min(size, t.page_size - (addr & (t.page_size - 1)))
+            if not mem.contains(t.gpa, chunk):
+                chunk = max(0, mem.size - t.gpa) if mem.contains(t.gpa, 1) else 0
+                if not chunk:
+                    break
+            data = mem.read(t.gpa, chunk)
+            if dc is not None:
+                data = dc.shadow(t.gpa, data)
+            out += data
+            addr += chunk
+            size -= chunk
+        if not out and size > 0:
+            raise TargetError(errno.EFAULT, f"cannot access memory at {addr:#x}")
+        return bytes(out)
+
+    def read_physical(self, gpa: int, size: int) -> bytes:
+        data = self.m.mem.read(gpa, size)
+        return self.m.debug.shadow(gpa, data) if self.m.debug is not None else data
+
+    def memory_map(self) -> list:
+        """The guest-virtual map from its page tables, named after the image segments."""
+        s = self.sregs()
+        segs = [(sg.start, sg.end, sg.perms) for sg in self.m.image.segments]
+        out = []
+        for va, pa, size, w, x in mmu.mapped_ranges(self._read_u64_phys, s.cr0, s.cr3,
+                                                    s.cr4, s.efer, limit=1 << 47):
+            end = va + size
+            # Split the run where image segments start and end, so each region has
+            # the unikernel's own permissions.
+            cuts = sorted({va, end} | {b for lo, hi, _ in segs for b in (lo, hi)
+                                       if va < b < end})
+            for lo, hi in zip(cuts, cuts[1:]):
+                perms = "r" + ("w" if w else "-") + ("x" if x else "-")
+                name = ""
+                for slo, shi, sperm in segs:
+                    if slo <= lo and hi <= shi:
+                        perms, name = sperm, "image"
+                        break
+                if not name and lo < 0x100000:
+                    name = "boot info" if lo >= 0x10000 else ""
+                out.append(MemoryRegion(lo, hi, perms, phys=pa + (lo - va), name=name))
+        return out
+
+    # --- the rest of the read-side protocol ---------------------------------------------------
+    def stop_reason(self):
+        return self._stop
+
+    def set_stop(self, stop) -> None:
+        self._stop = stop
+
+    def exec_path(self) -> str:
+        return self.m.image.path
+
+    def info(self) -> dict:
+        """Monitor facts for `monitor info`, reports and cores."""
+        import time
+        from ..tender import abi
+        m = self.m
+        return {
+            "app": m.image.path,
+            "mem_size": m.mem_size,
+            "resident": m.mem.resident_bytes(),
+            "uptime": time.monotonic() - m.started if m.started else 0.0,
+            "cmdline": m.cmdline.decode("utf-8", "replace"),
+            "argv": list(m.argv),
+            "devices": [{"name": d.name, "type": d.type_name, "attached": d.attached,
+                         "read": getattr(d.host, "bytes_read", 0),
+                         "written": getattr(d.host, "bytes_written", 0)}
+                        for d in m.devices],
+            "hypercalls": {abi.HC_NAMES[i]: n for i, n in enumerate(m.stats.hypercalls)
+                           if i in abi.HC_NAMES},
+            "exits": dict(m.stats.exits),
+            "caps": dict(m.caps),
+        }
+
+    # --- capabilities: the gdb issue adds writable/resumable/breakpoints/watchpoints ------
+    def writable(self):
+        return None
+
+    def resumable(self):
+        return None
+
+    def breakpoints(self):
+        return None
+
+    def watchpoints(self):
+        return None
