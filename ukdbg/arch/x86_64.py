@@ -163,7 +163,8 @@ class Fpu:
         return sum(1 << i for i in range(8) if (full >> (2 * i)) & 3 != 3)
 
 
-FXSAVE_HEAD = struct.Struct("<HHBxHQQIH")   # fcw fsw ftw(abridged) fop fip fdp mxcsr mask
+FXSAVE_HEAD = struct.Struct("<HHBxHQQII")   # fcw fsw ftw(abridged) fop fip fdp mxcsr mask
+assert FXSAVE_HEAD.size == 32
 
 
 # --- GDB remote protocol -------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """ukdbg/tender/loop.py: the vCPU loop (Solo5's hvt_vcpu_loop, Firecracker's run_emulation).
 
 run(m) runs the guest until something ends or stops it and returns a target.Stop.
-Hypercalls are dispatched from a table here; everything else is a module's hook or
+Hypercalls are dispatched from a table here (a module observes them by wrapping table
+entries); every other exit goes to the modules' vmexit hooks first, then to
 tender/endings.py's diagnosis. Hot path: keep attribute lookups out of the loop.
 """
 
@@ -13,6 +14,14 @@ from .machine import HANDLED
 _PIO_BASE = abi.PIO_BASE
 _HC_MAX = abi.HC_MAX
 _HC_HALT = abi.HC_HALT
+
+
+def _hooks(m, hooks, ex):
+    for hook in hooks:
+        r = hook(m, ex)
+        if r is not None:
+            return r
+    return None
 
 
 def run(m):
@@ -29,15 +38,6 @@ def run(m):
             if stop is not None:
                 return stop
         ex = vcpu_run()
-        if hooks:
-            for hook in hooks:
-                r = hook(m, ex)
-                if r is not None:
-                    break
-            if r is HANDLED:
-                continue
-            if r is not None:
-                return r
         if ex.__class__ is IoOut:
             nr = ex.port - _PIO_BASE
             if 0 <= nr < _HC_MAX and ex.size == 4:
@@ -46,19 +46,31 @@ def run(m):
                 if observers:
                     for obs in list(observers):
                         obs(m)
-                if nr == _HC_HALT:
-                    return endings.halt(m, gpa)
                 fn = table[nr]
-                if fn is None:      # nr 0 is reserved; devices not attached
-                    return endings.bad_hypercall(m, nr, gpa)
                 try:
+                    if nr == _HC_HALT:
+                        return endings.halt(m, gpa)
+                    if fn is None:      # nr 0 is reserved; devices not attached
+                        return endings.bad_hypercall(m, nr, gpa)
                     stop = fn(m, gpa)
                 except GuestMemoryError as e:
                     return endings.hostile_pointer(m, nr, e)
                 if stop is not None:
                     return stop
                 continue
+            if hooks:
+                r = _hooks(m, hooks, ex)
+                if r is HANDLED:
+                    continue
+                if r is not None:
+                    return r
             return endings.bad_port(m, ex)
+        if hooks:
+            r = _hooks(m, hooks, ex)
+            if r is HANDLED:
+                continue
+            if r is not None:
+                return r
         if ex is INTERRUPTED:
             m.stats.count_exit(10)
             stop = events.service()

@@ -3,7 +3,8 @@
 build_machine() is the one recipe (hvt-abi.md §17 order). Modules plug into the
 Machine at a few points, like Solo5's hvt_core (one file per feature):
   hypercalls[nr] = fn(m, gpa)         the hypercall table (HALT is the loop's)
-  vmexit_hooks   fn(m, exit) -> None | HANDLED | Stop   first look at every exit
+  vmexit_hooks   fn(m, exit) -> None | HANDLED | Stop   first look at every exit that
+                 is not a hypercall (wrap hypercalls[nr] to observe those)
   hypercall_observers fn(m)           called before a hypercall while non-empty
   halt_hooks     fn(m, status, cookie_gpa)
   ending_hooks   fn(m, stop)          the guest is gone (or frozen for good): cores, reports

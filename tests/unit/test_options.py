@@ -1,0 +1,61 @@
+"""`ukdbg run` option parsing: solo5-hvt's syntax and the usual one."""
+
+import pytest
+
+from ukdbg.errors import UsageError
+from ukdbg.tender.options import parse_run, parse_signal
+
+
+def test_solo5_syntax():
+    o = parse_run(["--mem=64", "--block:storage=disk.img", "--net:service=tap0",
+                   "--net-mac:service=02:00:00:00:00:01", "--block-sector-size:storage=4096",
+                   "--", "app.hvt", "a", "--b"])
+    assert o.mem_mb == 64 and o.blocks == {"storage": "disk.img"}
+    assert o.nets == {"service": "tap0"} and o.net_macs["service"] == bytes([2, 0, 0, 0, 0, 1])
+    assert o.block_sector == {"storage": 4096}
+    assert o.app == "app.hvt" and o.args == ["a", "--b"]
+
+
+def test_separate_values_and_guest_args():
+    o = parse_run(["--mem", "32", "--core-dir", "/tmp/c", "app.hvt", "--mem=1"])
+    assert o.mem_mb == 32 and o.core_dir == "/tmp/c"
+    assert o.args == ["--mem=1"]          # after APP everything is the guest's
+
+
+@pytest.mark.parametrize("argv,addr,wait", [
+    (["--gdb", ":1234", "a.hvt"], ":1234", False),
+    (["--gdb", "0.0.0.0:99", "a.hvt"], "0.0.0.0:99", False),
+    (["--gdb=unix:/tmp/s", "a.hvt"], "unix:/tmp/s", False),
+    (["--gdb", "a.hvt"], "127.0.0.1:1234", True),             # solo5-hvt-debug
+    (["--gdb-port=4321", "a.hvt"], "127.0.0.1:4321", False),
+    (["--gdb-wait", "a.hvt"], "127.0.0.1:1234", True),
+])
+def test_gdb_forms(argv, addr, wait):
+    o = parse_run(argv)
+    assert o.gdb == addr and o.gdb_wait == wait and o.app == "a.hvt"
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--mem=0", "a"], "malformed argument to --mem"),
+    (["--mem=x", "a"], "malformed argument to --mem"),
+    (["--mem"], "--mem needs a value"),
+    (["--block:=x", "a"], "expected --block:NAME=VALUE"),
+    (["--block:bad-name=x", "a"], "letters or digits"),
+    (["--block-sector-size:s=100", "a"], "power of two"),
+    (["--net-mac:n=zz:00:00:00:00:00", "a"], "malformed MAC"),
+    (["--net:n=@3", "a"], "not supported"),
+    (["--timeout", "-1", "a"], "positive number"),
+    (["--report", "xml", "a"], "text or json"),
+    (["--core-on", "SIGNOPE", "a"], "unknown signal"),
+    (["--wat", "a"], "unknown option"),
+    ([], "missing APP"),
+    (["--", ], "missing APP"),
+])
+def test_bad_options(argv, msg):
+    with pytest.raises(UsageError, match=msg.replace("(", r"\(")):
+        parse_run(argv)
+
+
+def test_signals():
+    assert parse_signal("USR2") == 12 and parse_signal("SIGQUIT") == 3
+    assert parse_signal("10") == 10
