@@ -5,6 +5,15 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_scratch = []
+
+
+def scratch_dir() -> str:
+    """Where CLI runs happen by default: crashes write cores into the cwd."""
+    if not _scratch:
+        import tempfile
+        _scratch.append(tempfile.mkdtemp(prefix="ukdbg-tests-"))
+    return _scratch[0]
 
 
 def ukdbg(*args, timeout=60, input=None, env=None, cwd=None, check_traceback=True):
@@ -14,7 +23,8 @@ def ukdbg(*args, timeout=60, input=None, env=None, cwd=None, check_traceback=Tru
     if env:
         e.update(env)
     r = subprocess.run([sys.executable, "-m", "ukdbg", *map(str, args)], capture_output=True,
-                       text=True, timeout=timeout, input=input, env=e, cwd=cwd or ROOT)
+                       text=True, timeout=timeout, input=input, env=e,
+                       cwd=cwd or scratch_dir())
     if check_traceback:
         assert "Traceback" not in r.stderr, r.stderr
     return r

@@ -48,6 +48,7 @@ def test_gdb_forms(argv, addr, wait):
     (["--report", "xml", "a"], "text or json"),
     (["--core-on", "SIGNOPE", "a"], "unknown signal"),
     (["--wat", "a"], "unknown option"),
+    (["--gdb", "127.0.0.1:99999", "a"], "expected \\[HOST:\\]PORT"),
     ([], "missing APP"),
     (["--", ], "missing APP"),
 ])

@@ -7,7 +7,8 @@ between two), after which it is consumed with sigtimedwait(); and (b) inside wai
 the one blocking primitive (POLL, a paused guest, a stopped gdb session), where they are
 unblocked around poll() and reported through the wakeup fd. So none is ever missed.
   SIGINT/SIGTERM/SIGHUP/SIGQUIT   end the guest (signal_handlers may override)
-  SIGALRM                         the --timeout timer
+  SIGALRM                         the --timeout timer (without --timeout: the
+                                  control socket's opening, modules/control.py)
   SIGIO                           an async source is readable (sockets in O_ASYNC mode
                                   owned by this thread: gdb, the control socket)
   SIGUSR1                         a kick from another thread: run the posted callables
@@ -62,10 +63,14 @@ class Events:
 
     def arm(self) -> None:
         """Call once, in the main (vCPU) thread, before the first KVM_RUN."""
+        self._saved_handlers = {}
         for s in self.blocked:
-            if _signal.getsignal(s) != _signal.SIG_IGN:
+            prev = _signal.getsignal(s)
+            if prev != _signal.SIG_IGN:
+                self._saved_handlers[s] = prev
                 _signal.signal(s, _noop)
         old = _signal.pthread_sigmask(_signal.SIG_BLOCK, self.blocked)
+        self._saved_mask = old
         self.m.vcpu.set_signal_mask(_bits(old) & ~_bits(self.blocked))
         self.tid = _thread.get_native_id()
         self.ident = _thread.get_ident()
@@ -161,7 +166,9 @@ class Events:
         p.register(self._wake_r, select.POLLIN)
         for fd in self.sources:
             p.register(fd, select.POLLIN)
-        ms = None if timeout is None else max(0, int(timeout * 1000 + 0.999))
+        # poll() takes an int of milliseconds; a guest may ask for centuries (POLL's
+        # timeout is the guest's u64): wait at most ~24 days per call, callers loop.
+        ms = None if timeout is None else min(max(0, int(timeout * 1000 + 0.999)), 2**31 - 1)
         old_fd = _signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False) \
             if self.armed else -1
         if self.armed:
@@ -190,6 +197,18 @@ class Events:
         return ready, stop
 
     def close(self):
+        """Give the thread its signals back (an embedding program, a test, a gdb
+        started later in this process must not inherit them blocked)."""
+        if self.armed:
+            self.armed = False
+            try:
+                self.pending_signals()          # drop what the guest's end left
+                _signal.pthread_sigmask(_signal.SIG_SETMASK, self._saved_mask)
+                for s, h in self._saved_handlers.items():
+                    if h is not None:
+                        _signal.signal(s, h)
+            except (OSError, ValueError):
+                pass
         for fd in (self._wake_r, self._wake_w):
             if fd >= 0:
                 os.close(fd)

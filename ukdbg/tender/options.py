@@ -94,6 +94,14 @@ _SIGNALS = {"HUP": 1, "INT": 2, "QUIT": 3, "USR1": 10, "USR2": 12, "ALRM": 14, "
             "CONT": 18, "WINCH": 28, "PWR": 30}
 
 
+def _looks_like_address(v: str) -> bool:
+    """host:port or unix:..., valid or not (so a bad one is an error, not the APP)."""
+    if v.startswith("unix:"):
+        return True
+    host, colon, port = v.rpartition(":")
+    return bool(colon) and "/" not in v and port.isdigit()
+
+
 def _is_gdb_address(v: str) -> bool:
     if v.startswith("unix:"):
         return len(v) > 5
@@ -170,7 +178,7 @@ def parse_run(argv: list) -> RunOptions:
         if opt == "--gdb":
             if eq:
                 val_ = val
-            elif i < n and _is_gdb_address(argv[i]):
+            elif i < n and (_is_gdb_address(argv[i]) or _looks_like_address(argv[i])):
                 val_ = argv[i]
                 i += 1
             else:                       # solo5-hvt-debug's bare --gdb
