@@ -65,6 +65,32 @@ def _rip(m):
         return None
 
 
+def _before_mmio_write(m, rip):
+    """(rip, Regs) of the store that made an MMIO write exit: KVM reports it with rip
+    already past the instruction, on VMX and PVM alike. Decoded with capstone from the
+    start of the enclosing function; (rip, None) when that is not possible."""
+    try:
+        from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+        from ..arch.x86_64 import Regs
+        from .live_target import LiveTarget
+        hit = m.image.elf.symbolize(rip)
+        start = hit[0].value if hit and hit[1] < 0x4000 else None
+        if start is None or rip <= start:
+            return rip, None
+        code = LiveTarget(m).read_memory(start, rip - start)
+        prev = None
+        for addr, size, _mn, _ops in Cs(CS_ARCH_X86, CS_MODE_64).disasm_lite(code, start):
+            if addr + size == rip:
+                prev = addr
+        if prev is None:
+            return rip, None
+        regs = Regs.from_kvm(m.vcpu.get_regs(), m.vcpu.get_sregs())
+        regs.rip = prev
+        return prev, regs
+    except Exception:            # no capstone, no symbol, unreadable code
+        return rip, None
+
+
 def _crash(m, cause, message, rip=None, **kw):
     sig = kw.pop("signal", None) or CAUSES[cause][0] or SIGSEGV
     return Crashed(cause, sig, message, rip=rip, **kw)
@@ -158,14 +184,20 @@ def classify(m, ex):
     if isinstance(ex, IoIn):
         return bad_port(m, ex)
     if isinstance(ex, Mmio):
+        regs = None
+        if ex.is_write:         # issue 4: KVM has completed the store and moved past it
+            rip, regs = _before_mmio_write(m, rip)
+            where = m.describe(rip)
         if m.mem.contains(ex.addr, max(ex.length, 1)) and ex.is_write:
             return _crash(m, "readonly", f"guest wrote {ex.length} bytes to read-only "
                           f"memory at {m.describe(ex.addr)}, rip={where}",
-                          rip=rip, fault_addr=ex.addr, exit_reason=uapi.KVM_EXIT_MMIO)
+                          rip=rip, fault_addr=ex.addr, exit_reason=uapi.KVM_EXIT_MMIO,
+                          regs=regs)
         access = "write to" if ex.is_write else "read from"
         return _crash(m, "unmapped", f"guest {access} unbacked guest-physical address "
                       f"{ex.addr:#x} ({ex.length} bytes), rip={where}",
-                      rip=rip, fault_addr=ex.addr, exit_reason=uapi.KVM_EXIT_MMIO)
+                      rip=rip, fault_addr=ex.addr, exit_reason=uapi.KVM_EXIT_MMIO,
+                      regs=regs)
     if isinstance(ex, Shutdown):
         return _crash(m, "triple-fault", f"guest triple-faulted (shutdown) at rip={where}",
                       rip=rip, exit_reason=uapi.KVM_EXIT_SHUTDOWN)

@@ -1,0 +1,1 @@
+"""ukdbg/coredump: ELF core files: their format, the writer and the read-only reader."""
