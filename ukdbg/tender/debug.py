@@ -88,8 +88,8 @@ class DebugControl:
             self.apply()
         return done
 
-    def remove_sw(self, gva: int, owner: str) -> bool:
-        gpa = self.translate(gva)
+    def remove_sw(self, gva: int, owner: str, sregs=None) -> bool:
+        gpa = self.translate(gva, sregs)
         bp = self.sw.get(gpa) if gpa is not None else None
         if bp is None or owner not in bp.owners:
             return False

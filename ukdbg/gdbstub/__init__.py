@@ -1,0 +1,1 @@
+"""ukdbg/gdbstub: the GDB remote serial protocol, for any target.Target (live VM or core)."""
