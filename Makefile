@@ -17,6 +17,9 @@ test: setup
 bench: setup
 	$(PY) bench/boot.py
 	$(PY) bench/hypercalls.py
+	$(PY) bench/core.py
+	$(PY) bench/inspect.py
+	$(PY) bench/gdb.py
 
 clean:
 	$(MAKE) -C fixtures clean

@@ -25,6 +25,14 @@ ukdbg --version, ukdbg COMMAND --help
 # subcommand -> module under ukdbg/ exposing main(argv) -> int
 COMMANDS = {
     "run": "tender.run:run_main",
+    "core": "inspect.cli:core_main",
+    "ps": "control.client:ps_main",
+    "status": "control.client:status_main",
+    "pause": "control.client:pause_main",
+    "resume": "control.client:resume_main",
+    "stop": "control.client:stop_main",
+    "dump": "control.client:dump_main",
+    "attach": "control.client:attach_main",
 }
 
 

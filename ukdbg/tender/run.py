@@ -20,6 +20,17 @@ MODULES = (
     ("modules.block", lambda o: bool(o.blocks)),
     ("modules.net", lambda o: bool(o.nets)),
     ("traps", lambda o: True),
+    # issue 4: cores (its ending hook must run first: it sets m.core_path)
+    ("modules.dumpcore", lambda o: not o.no_core or bool(o.core_on)),
+    # issue 5: the crash report (after dumpcore: it prints m.core_path)
+    ("modules.report", lambda o: True),
+    # issue 3: the gdb stub (after report: --gdb-on-crash holds the guest after it)
+    ("modules.gdb", lambda o: bool(o.gdb or o.gdb_on_crash)),
+    # issue 6: management (after the hypercall modules: they wrap table entries)
+    ("modules.trace", lambda o: bool(o.trace or o.trace_summary)),
+    ("modules.timeout", lambda o: bool(o.timeout)),
+    ("modules.log", lambda o: bool(o.log or o.console)),
+    ("modules.control", lambda o: o.control),
 )
 
 
@@ -64,9 +75,12 @@ def drive(m):
     import time
     m.started = time.monotonic()
     driver = getattr(m, "driver", None)
-    if driver is not None:
-        return driver(m)
-    return loop.run(m)
+    stop = driver(m) if driver is not None else loop.run(m)
+    # A module that takes the machine over mid-run (a gdb attaching through the control
+    # socket) returns a Stop carrying its driver: handoff(m) -> the final Stop.
+    while getattr(stop, "handoff", None) is not None:
+        stop = stop.handoff(m)
+    return stop
 
 
 def finish(m, stop) -> int:
@@ -91,4 +105,7 @@ def finish(m, stop) -> int:
             warn(f"{os.path.basename(m.image.path)}: {what}, guest stopped")
         elif not isinstance(stop, Exited):
             warn(f"{os.path.basename(m.image.path)}: guest stopped: {stop!r}")
+        # issue 4: the core's path (a crash report prints it itself)
+        if getattr(m, "core_path", None):
+            warn(f"core written to {m.core_path}")
     return endings.exit_code(stop)
