@@ -4,14 +4,10 @@ stub picks itself), and the real gdb / lldb driven in batch mode against it."""
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
-import sys
-import tempfile
-import time
 
-from helpers import ROOT
+from helpers import ROOT, Background
 
 FIXTURES = os.path.join(ROOT, "fixtures", "build")
 
@@ -20,76 +16,34 @@ def app_path(name: str) -> str:
     return os.path.join(FIXTURES, f"{name}.hvt")
 
 
-class Guest:
+class Guest(Background):
     """`ukdbg run --gdb 127.0.0.1:0 [--gdb-wait] APP ARGS` with output in files."""
 
     def __init__(self, app, *args, wait=True, mem=8, extra=(), gdb="127.0.0.1:0",
                  cwd=None, env=None):
-        self.dir = tempfile.mkdtemp(prefix="ukgdb")
         self.app = app_path(app)
-        self.out_path = os.path.join(self.dir, "stdout")
-        self.err_path = os.path.join(self.dir, "stderr")
-        argv = [sys.executable, "-m", "ukdbg", "run", f"--mem={mem}", "--no-core",
-                "--no-control", *extra]
+        argv = ["run", f"--mem={mem}", "--no-core", "--no-control", *extra]
         if gdb:
             argv += ["--gdb", gdb]
         if wait and gdb:
             argv.append("--gdb-wait")
         argv += [self.app, *map(str, args)]
-        e = dict(os.environ)
-        e.pop("UKDBG_DEBUG", None)
-        e.update(env or {})
-        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
-            self.proc = subprocess.Popen(argv, stdout=out, stderr=err, cwd=cwd or self.dir,
-                                         env=e)
-        self.pid = self.proc.pid
+        super().__init__(argv, env=env, cwd=cwd, prefix="ukgdb")
         self.address = None
         if gdb:
             self.address = self.wait_for_text(r"listening on (\S+?)[:,]? ", self.stderr)
 
-    # --- the monitor --------------------------------------------------------------------
     def wait_for_text(self, pattern, source, timeout=20.0):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        """The first group (or the whole match) of pattern in source()."""
+        def found():
             m = re.search(pattern, source())
-            if m:
-                return m.group(1) if m.groups() else m.group(0)
-            if self.proc.poll() is not None:
-                m = re.search(pattern, source())
-                if m:
-                    return m.group(1) if m.groups() else m.group(0)
-                raise AssertionError(f"monitor exited ({self.proc.returncode}) before "
-                                     f"{pattern!r}: {self.stderr()}")
-            time.sleep(0.01)
-        raise AssertionError(f"timed out waiting for {pattern!r}; stderr: {self.stderr()}")
-
-    def stdout(self) -> str:
-        with open(self.out_path, "rb") as f:
-            return f.read().decode(errors="replace")
-
-    def stderr(self) -> str:
-        with open(self.err_path, "rb") as f:
-            return f.read().decode(errors="replace")
-
-    def wait(self, timeout=30) -> int:
-        return self.proc.wait(timeout)
+            return m and (m.group(1) if m.groups() else m.group(0))
+        return self.wait_for(found, repr(pattern), timeout)
 
     def cpu_seconds(self) -> float:
         with open(f"/proc/{self.pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     # --- debuggers ----------------------------------------------------------------------
     def remote(self) -> str:

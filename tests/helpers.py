@@ -1,8 +1,13 @@
-"""Helpers for tests: run the ukdbg CLI as a real process."""
+"""Helpers for tests: run the ukdbg CLI as a real process, in the foreground or in the
+background (Background: output to files, waiting for conditions, always cleaned up)."""
 
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _scratch = []
@@ -28,3 +33,63 @@ def ukdbg(*args, timeout=60, input=None, env=None, cwd=None, check_traceback=Tru
     if check_traceback:
         assert "Traceback" not in r.stderr, r.stderr
     return r
+
+
+class Background:
+    """`python -m ukdbg ARGV...` in the background, stdout/stderr in files of its own
+    directory (the default cwd, so cores land there)."""
+
+    def __init__(self, argv, env=None, cwd=None, wrap=(), prefix="ukbg"):
+        self.dir = tempfile.mkdtemp(prefix=prefix)
+        self.out_path = os.path.join(self.dir, "stdout")
+        self.err_path = os.path.join(self.dir, "stderr")
+        e = dict(os.environ)
+        e.pop("UKDBG_DEBUG", None)
+        e.update(env or {})
+        with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
+            self.proc = subprocess.Popen([*wrap, sys.executable, "-m", "ukdbg",
+                                          *map(str, argv)], stdout=out, stderr=err,
+                                         env=e, cwd=cwd or self.dir)
+        self.pid = self.proc.pid
+
+    def wait_for(self, cond, what, timeout=20.0):
+        """Poll cond() until it is truthy; returns its value. Fails with the stderr."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            v = cond()
+            if v:
+                return v
+            if self.proc.poll() is not None:
+                v = cond()
+                if v:
+                    return v
+                raise AssertionError(f"monitor exited ({self.proc.returncode}) while "
+                                     f"waiting for {what}: {self.stderr()}")
+            time.sleep(0.01)
+        raise AssertionError(f"timed out waiting for {what}; stderr: {self.stderr()}")
+
+    def stdout(self) -> str:
+        with open(self.out_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def stderr(self) -> str:
+        with open(self.err_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def wait(self, timeout=30):
+        return self.proc.wait(timeout)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def close(self):
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

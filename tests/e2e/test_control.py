@@ -12,16 +12,9 @@ import time
 import pytest
 
 from helpers import ukdbg
-from running import Monitor, RuntimeDir
+from running import Monitor
 
 pytestmark = pytest.mark.kvm
-
-
-@pytest.fixture
-def rt():
-    r = RuntimeDir()
-    yield r
-    r.cleanup()
 
 
 @pytest.fixture

@@ -36,7 +36,6 @@ REGEN = bool(os.environ.get("UKDBG_REGEN_GOLDEN"))
 
 
 def commands(name):
-    func = CRASHES[name][2]
     return ["info", "bt", "frame 1", "regs", "x/8xg $rsp", "x/16xb $pc", "disas",
             "sym main", "sym $pc", "console", "mem"]
 

@@ -11,16 +11,9 @@ import subprocess
 import pytest
 
 from helpers import ukdbg
-from running import Monitor, RuntimeDir
+from running import Monitor
 
 pytestmark = pytest.mark.kvm
-
-
-@pytest.fixture
-def rt():
-    r = RuntimeDir()
-    yield r
-    r.cleanup()
 
 
 def _started(m):

@@ -2,7 +2,6 @@
 a tap, send frames into the tap from the host side, and print what came back as JSON."""
 
 import json
-import os
 import socket
 import subprocess
 import sys

@@ -5,7 +5,6 @@ places a few bytes at 0x100000 and checks the exits the kvm layer decodes.
 """
 
 import _signal
-import os
 import struct
 import threading
 import time

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from helpers import ROOT, ukdbg
+from helpers import ROOT
 
 pytestmark = pytest.mark.kvm
 

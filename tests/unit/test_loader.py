@@ -4,7 +4,7 @@ import struct
 
 import pytest
 
-from ukdbg.elf import EHDR, NHDR, PF_W, PF_X, PHDR, PT_LOAD, PT_NOTE, ElfFile
+from ukdbg.elf import NHDR, PF_W, PF_X, PHDR, PT_LOAD, PT_NOTE, ElfFile
 from ukdbg.errors import ExecutableError
 from ukdbg.kvm.memory import GuestMemory
 from ukdbg.tender import abi

@@ -60,7 +60,7 @@ class Kvm:
             raise KvmError("KVM_GET_SUPPORTED_CPUID", e.errno) from None
         return buf
 
-    def create_vm(self) -> "VmFd":
+    def create_vm(self):
         """KVM_CREATE_VM (machine type 0)."""
         from .vm import VmFd
         while True:

@@ -33,7 +33,7 @@ class VmFd:
             raise KvmError(f"KVM_SET_USER_MEMORY_REGION(slot {slot}, gpa {gpa:#x}, "
                            f"size {size:#x})", e.errno) from None
 
-    def create_vcpu(self, vcpu_id: int = 0) -> "VcpuFd":
+    def create_vcpu(self, vcpu_id: int = 0):
         """KVM_CREATE_VCPU, then mmap of its struct kvm_run."""
         from .vcpu import VcpuFd
         try:

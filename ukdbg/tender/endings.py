@@ -181,7 +181,7 @@ def classify(m, ex):
     m.stats.count_exit(getattr(ex, "reason", -1))
     rip = _rip(m)
     where = m.describe(rip)
-    if isinstance(ex, IoIn):
+    if isinstance(ex, (IoIn, IoOut)):
         return bad_port(m, ex)
     if isinstance(ex, Mmio):
         regs = None

@@ -58,13 +58,7 @@ def run(m):
                 if stop is not None:
                     return stop
                 continue
-            if hooks:
-                r = _hooks(m, hooks, ex)
-                if r is HANDLED:
-                    continue
-                if r is not None:
-                    return r
-            return endings.bad_port(m, ex)
+            # not a hypercall: the hooks, then endings.classify (a bad port)
         if hooks:
             r = _hooks(m, hooks, ex)
             if r is HANDLED:
