@@ -6,7 +6,6 @@ usable but KVM tests were skipped (or gdb tests skipped while gdb is installed).
 """
 
 import os
-import shutil
 import subprocess
 import sys
 
@@ -16,22 +15,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "fixtures")
 BUILD = os.path.join(FIXTURES, "build")
 sys.path.insert(0, os.path.join(ROOT, "tests"))
+from helpers import gdb_path, lldb_path  # noqa: E402
 
 
 def kvm_usable() -> bool:
     return os.access("/dev/kvm", os.R_OK | os.W_OK)
 
 
-def gdb_path():
-    return shutil.which("gdb")
-
-
-def lldb_path():
-    for name in ("lldb", "lldb-16", "lldb-15", "lldb-14"):
-        p = shutil.which(name)
-        if p:
-            return p
-    return None
 
 
 _built = []

@@ -3,7 +3,6 @@ stub picks itself), and the real gdb / lldb driven in batch mode against it."""
 
 import os
 import re
-import shutil
 import socket
 import subprocess
 
@@ -124,9 +123,3 @@ class RawClient:
         self.s.close()
 
 
-def lldb_path():
-    for name in ("lldb", "lldb-16", "lldb-15", "lldb-14"):
-        p = shutil.which(name)
-        if p:
-            return p
-    return None

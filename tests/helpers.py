@@ -13,6 +13,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _scratch = []
 
 
+def gdb_path():
+    return shutil.which("gdb")
+
+
+def lldb_path():
+    for name in ("lldb", "lldb-16", "lldb-15", "lldb-14"):
+        p = shutil.which(name)
+        if p:
+            return p
+    return None
+
+
 def scratch_dir() -> str:
     """Where CLI runs happen by default: crashes write cores into the cwd."""
     if not _scratch:

@@ -8,7 +8,8 @@ import subprocess
 
 import pytest
 
-from gdbguest import Guest, lldb_path
+from gdbguest import Guest
+from helpers import lldb_path
 
 pytestmark = [pytest.mark.kvm, pytest.mark.lldb]
 

@@ -306,7 +306,7 @@ def test_gdb_server_is_read_only(tmp_path):
 
 @pytest.mark.lldb
 def test_lldb_opens_the_served_core():
-    from conftest import lldb_path
+    from helpers import lldb_path
     core, _ = core_of("nullwrite")
     p = subprocess.Popen([sys.executable, "-m", "ukdbg", "core", "--gdb", "127.0.0.1:0",
                           core], stderr=subprocess.PIPE, text=True, cwd=ROOT)
