@@ -94,9 +94,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 def _skip_problems():
     out = []
-    if kvm_usable() and _counts["kvm"]["skipped"]:
-        out.append(f"/dev/kvm is usable but {_counts['kvm']['skipped']} KVM tests were "
+    # CI sets UKDBG_REQUIRE_KVM=1 when /dev/kvm exists: then even an unusable device
+    # (permissions) or a run in which no KVM test ran at all is a failure.
+    required = os.environ.get("UKDBG_REQUIRE_KVM") == "1"
+    if (kvm_usable() or required) and _counts["kvm"]["skipped"]:
+        out.append(f"/dev/kvm is there but {_counts['kvm']['skipped']} KVM tests were "
                    "skipped")
+    if required and not _counts["kvm"]["passed"] + _counts["kvm"]["failed"]:
+        out.append("UKDBG_REQUIRE_KVM=1 but no KVM test ran")
     if gdb_path() and _counts["gdb"]["skipped"]:
         out.append(f"gdb is installed but {_counts['gdb']['skipped']} gdb tests were skipped")
     return out
