@@ -95,26 +95,24 @@ def parse_m(body):
     return ReadMemory(*al) if al else None
 
 
-def parse_M(body):
+def _write_memory(body, decode):
+    """M (hex) and X (binary) share one shape: ADDR,LEN:DATA with exactly LEN bytes."""
     head, colon, data = body[1:].partition(b":")
     al = _addr_len(head)
     if not colon or not al:
         return None
-    raw = parse_hex_bytes(data)
+    raw = decode(data)
     if raw is None or len(raw) != al[1]:
         return None
     return WriteMemory(al[0], raw)
+
+
+def parse_M(body):
+    return _write_memory(body, parse_hex_bytes)
 
 
 def parse_X(body):
-    head, colon, data = body[1:].partition(b":")
-    al = _addr_len(head)
-    if not colon or not al:
-        return None
-    raw = unescape(data)
-    if raw is None or len(raw) != al[1]:
-        return None
-    return WriteMemory(al[0], raw)
+    return _write_memory(body, unescape)
 
 
 def parse_G(body):
