@@ -22,10 +22,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from ukdbg.tender import options, run  # noqa: E402
-from ukdbg.tender.loader import read_image  # noqa: E402
-from ukdbg.tender.machine import (adjust_mem_size, build_machine,  # noqa: E402
-                                  check_devices_attached, write_boot_info)
+from ukdbg.tender import run  # noqa: E402
 from ukdbg.tender.modules import dumpcore  # noqa: E402
 
 TARGET_MS = {512: 20.0, 4096: 50.0}
@@ -33,17 +30,8 @@ TARGET_MS = {512: 20.0, 4096: 50.0}
 
 def crashed_machine(app, mem_mb, core_dir):
     """A Machine whose guest has crashed (the Stop run.finish would get)."""
-    opts = options.parse_run([f"--mem={mem_mb}", "--no-control", "--core-dir", core_dir,
-                              app])
-    image = read_image(opts.app)
-    opts.mem_size = adjust_mem_size(opts.mem_mb, lambda s: None)
-    m = build_machine(image, opts, lambda s: None)
-    m.argv = ["ukdbg", "run"] + opts.argv
-    for name, enabled in run.MODULES:
-        if enabled(opts) and name in ("modules.core", "traps"):
-            run._import(name).setup(m, opts)
-    check_devices_attached(m)
-    write_boot_info(m, b"")
+    m = run.prepare([f"--mem={mem_mb}", "--no-control", "--core-dir", core_dir, app],
+                    only=("modules.core", "traps"), warn=lambda s: None)
     m.events.arm()
     fd = os.dup(1)
     nul = os.open(os.devnull, os.O_WRONLY)

@@ -23,22 +23,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from ukdbg.kvm.exits import IoOut  # noqa: E402
-from ukdbg.tender import loop, options  # noqa: E402
+from ukdbg.tender import loop  # noqa: E402
 from ukdbg.tender import run as R  # noqa: E402
-from ukdbg.tender.loader import read_image  # noqa: E402
-from ukdbg.tender.machine import adjust_mem_size, build_machine, write_boot_info  # noqa: E402
 
 
 def machine(app, n, modules=True):
-    o = options.parse_run(["--mem=32", app, str(n)])
-    img = read_image(o.app)
-    o.mem_size = adjust_mem_size(o.mem_mb, print)
-    m = build_machine(img, o, print)
-    if modules:
-        for name, enabled in R.MODULES:
-            if enabled(o):
-                R._import(name).setup(m, o)
-    write_boot_info(m, str(n).encode())
+    m = R.prepare(["--mem=32", "--no-control", "--no-core", app, str(n)],
+                  only=None if modules else (), warn=print)
     m.events.arm()
     return m
 

@@ -21,26 +21,18 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from ukdbg.tender import loop, options  # noqa: E402
+from ukdbg.tender import loop  # noqa: E402
 from ukdbg.tender import run as R  # noqa: E402
-from ukdbg.tender.loader import read_image  # noqa: E402
-from ukdbg.tender.machine import adjust_mem_size, build_machine, write_boot_info  # noqa: E402
 from ukdbg.tender.modules import core  # noqa: E402
 
 MODES = {"off": [], "summary": ["--trace-summary"], "lines": ["--trace=/dev/null"]}
 
 
 def run(app, n, flags):
-    o = options.parse_run(["--mem=32", "--no-control", "--no-core", *flags, app, str(n)])
-    img = read_image(o.app)
-    o.mem_size = adjust_mem_size(o.mem_mb, print)
-    m = build_machine(img, o, print)
-    for name, enabled in R.MODULES:
-        if enabled(o):
-            R._import(name).setup(m, o)
+    m = R.prepare(["--mem=32", "--no-control", "--no-core", *flags, app, str(n)],
+                  warn=print)
     if not flags:       # tracing off: nothing may stand between the loop and a handler
         assert m.hypercalls[2].__module__ == core.__name__, m.hypercalls[2]
-    write_boot_info(m, str(n).encode())
     m.events.arm()
     m.console.fds = [os.open(os.devnull, os.O_WRONLY)]
     m.started = time.monotonic()

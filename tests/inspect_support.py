@@ -72,21 +72,10 @@ def core_of(name, mem=MEM):
 def boot(path, *args, mem=MEM, policy="continue"):
     """Run a fixture in-process to its final stop: (Machine, stop). With policy
     'stop' the machine stays at the faulting instruction's trap handler."""
-    from ukdbg.tender import options
     from ukdbg.tender import run as R
-    from ukdbg.tender.loader import read_image
-    from ukdbg.tender.machine import (adjust_mem_size, build_machine,
-                                      check_devices_attached, write_boot_info)
-    opts = options.parse_run([f"--mem={mem}", "--no-core", "--no-control", path, *args])
-    image = read_image(opts.app)
-    opts.mem_size = adjust_mem_size(opts.mem_mb, lambda s: None)
-    m = build_machine(image, opts, lambda s: None)
-    m.argv = ["ukdbg", "run"] + list(opts.argv)
-    for name, enabled in R.MODULES:
-        if enabled(opts) and name != "modules.report":
-            R._import(name).setup(m, opts)
-    check_devices_attached(m)
-    write_boot_info(m, " ".join(opts.args).encode())
+    m = R.prepare([f"--mem={mem}", "--no-core", "--no-control", path, *args],
+                  only=[n for n, _ in R.MODULES if n != "modules.report"],
+                  warn=lambda s: None)
     import signal
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     handlers = {s: signal.getsignal(s) for s in m.events.blocked}

@@ -19,22 +19,15 @@ pytestmark = [pytest.mark.kvm, pytest.mark.gdb]
 
 SCRIPT = r"""
 import json, os, sys
-from ukdbg.tender import options, run
-from ukdbg.tender.loader import read_image
-from ukdbg.tender.machine import adjust_mem_size, build_machine, write_boot_info
+from ukdbg.tender import run
 from ukdbg.tender.live_target import LiveTarget
 from ukdbg.tender.modules import dumpcore
 from ukdbg.errors import UkdbgError
 
 app, d = sys.argv[1], sys.argv[2]
-opts = options.parse_run(["--mem=8", "--no-control", "--core-dir", d, app])
-image = read_image(app)
-opts.mem_size = adjust_mem_size(opts.mem_mb, print)
-m = build_machine(image, opts, print)
-m.argv = ["ukdbg", "run"] + opts.argv
-for name in ("modules.core", "traps", "modules.dumpcore"):
-    run._import(name).setup(m, opts)
-write_boot_info(m, b"")
+m = run.prepare(["--mem=8", "--no-control", "--core-dir", d, app],
+                only=("modules.core", "traps", "modules.dumpcore"), warn=print)
+image = m.image
 m.events.arm()
 stop = run.drive(m)
 stop.regs = stop.regs or m.fault.regs

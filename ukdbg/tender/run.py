@@ -43,10 +43,10 @@ def _import(name):
     return sys.modules[f"{__package__}.{name}"]
 
 
-def run_main(argv: list, mark=None) -> int:
-    """Entry point of `ukdbg run`; returns the process exit status.
-
-    mark(phase) is called between phases (bench/boot.py's breakdown)."""
+def prepare(argv: list, only=None, warn=warn):
+    """Everything before the guest's first instruction except events.arm(): options,
+    the checked image, the machine, its modules (`only`: names from MODULES to limit
+    them to, for benches and tests), attached devices, the boot info."""
     opts = options.parse_run(argv)
     image = read_image(opts.app)
     options.check_against_manifest(opts, image.manifest)
@@ -55,10 +55,22 @@ def run_main(argv: list, mark=None) -> int:
     m.argv = ["ukdbg", "run"] + list(argv)
     try:
         for name, enabled in MODULES:
-            if enabled(opts):
+            if enabled(opts) and (only is None or name in only):
                 _import(name).setup(m, opts)
         check_devices_attached(m)
         write_boot_info(m, " ".join(opts.args).encode())
+    except BaseException:
+        m.close()
+        raise
+    return m
+
+
+def run_main(argv: list, mark=None) -> int:
+    """Entry point of `ukdbg run`; returns the process exit status.
+
+    mark(phase) is called between phases (bench/boot.py's breakdown)."""
+    m = prepare(argv)
+    try:
         m.events.arm()
         if mark:
             mark("setup")
