@@ -37,7 +37,7 @@ REGEN = bool(os.environ.get("UKDBG_REGEN_GOLDEN"))
 
 def commands(name):
     return ["info", "bt", "frame 1", "regs", "x/8xg $rsp", "x/16xb $pc", "disas",
-            "sym main", "sym $pc", "console", "mem"]
+            "sym main", "sym $pc", "console", "mem", "history"]
 
 
 def transcript(core, cmds):
@@ -67,7 +67,10 @@ def normalize(text, core):
     def walltime(m):
         v = int(m.group(0), 16)
         return "<WALLTIME>" if abs(v - now) < 86400 * 10**9 else m.group(0)
-    return re.sub(r"0x[0-9a-f]{15,16}\b", walltime, text)
+    text = re.sub(r"0x[0-9a-f]{15,16}\b", walltime, text)
+    # The flight recorder's times since the guest's start, and WALLTIME's results.
+    text = re.sub(r"\+\d+\.\d{6}s\b", "+<T>s", text)
+    return re.sub(r"nsecs=\d+", "nsecs=<WALLTIME>", text)
 
 
 def check(name, text):

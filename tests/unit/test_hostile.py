@@ -139,8 +139,10 @@ def test_dispatcher_answers_or_ends_cleanly(machine, nr, gpa, fields, frame):
     mem = m.mem
     # Write the random struct (if it lies in RAM at all), then run one hypercall.
     raw = struct.pack("<5Q", *(f & (2**64 - 1) for f in fields))
-    if in_ram(gpa, len(raw)) and not gpa <= HALT_GPA < gpa + len(raw) + 16:
-        mem.write(gpa, raw)
+    # (near the end of RAM, the part that fits: a 16-byte PUTS struct at MEM - 16 is
+    # valid, and must hold this example's fields, not an earlier one's)
+    if gpa < MEM and not gpa <= HALT_GPA < gpa + len(raw) + 16:
+        mem.write(gpa, raw[:MEM - gpa])
     if frame or nr == abi.HC_POLL:
         # A queued frame makes POLL return at once whatever timeout the guest asked
         # for (a hostile one is up to 2**64 ns: the monitor must not choke on it).

@@ -20,14 +20,14 @@ NAMES = ["KVM_GET_API_VERSION", "KVM_CREATE_VM", "KVM_CHECK_EXTENSION",
          "KVM_MEM_READONLY", "KVM_GUESTDBG_ENABLE", "KVM_GUESTDBG_SINGLESTEP",
          "KVM_GUESTDBG_USE_SW_BP", "KVM_GUESTDBG_USE_HW_BP", "KVM_EXIT_IO", "KVM_EXIT_MMIO",
          "KVM_EXIT_DEBUG", "KVM_EXIT_SHUTDOWN", "KVM_EXIT_FAIL_ENTRY", "KVM_EXIT_INTR",
-         "KVM_EXIT_INTERNAL_ERROR", "KVM_EXIT_HLT"]
+         "KVM_EXIT_INTERNAL_ERROR", "KVM_EXIT_HLT", "KVM_CAP_SYNC_REGS", "KVM_SYNC_X86_REGS"]
 SIZES = {"kvm_regs": 144, "kvm_sregs": 312, "kvm_fpu": 416, "kvm_guest_debug": 72,
          "kvm_userspace_memory_region": 32, "kvm_translation": 24, "kvm_debugregs": 128,
          "kvm_vcpu_events": 64, "kvm_segment": 24, "kvm_dtable": 16, "kvm_xcrs": 392}
 OFFSETS = ["io.port", "io.data_offset", "mmio.phys_addr", "mmio.data", "mmio.len",
            "mmio.is_write", "debug.arch.exception", "debug.arch.pc", "debug.arch.dr6",
            "internal.suberror", "internal.ndata", "internal.data", "exit_reason",
-           "immediate_exit"]
+           "immediate_exit", "kvm_valid_regs", "s.regs.regs.rip"]
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +80,9 @@ def test_kvm_run_offsets(header_values):
     assert h["off_debug.arch.pc"] == uapi.RUN_UNION + 8
     assert h["off_debug.arch.dr6"] == uapi.RUN_UNION + 16
     assert h["off_internal.data"] == uapi.RUN_UNION + 8
+    assert h["off_kvm_valid_regs"] == uapi.RUN_VALID_REGS
+    assert h["off_s.regs.regs.rip"] == uapi.RUN_SYNC_RIP
+    assert uapi.RUN_IO_RIP.size == uapi.RUN_SYNC_RIP + 8 - uapi.RUN_UNION
 
 
 def test_sregs_round_trip():

@@ -142,6 +142,7 @@ NT_UKDBG_IMAGE = NT_UKDBG_BASE + 4     # the unikernel: path, size, sha256, buil
 NT_UKDBG_STATS = NT_UKDBG_BASE + 5     # hypercall and VM-exit counts
 NT_UKDBG_CONSOLE = NT_UKDBG_BASE + 6   # the last 64 KiB of console output
 NT_UKDBG_PHYS = NT_UKDBG_BASE + 7      # where guest-physical memory lies in the file
+NT_UKDBG_FLIGHT = NT_UKDBG_BASE + 8    # the flight recorder's last events (coredump/flight.py)
 
 # kvm_sregs: 8 x kvm_segment (cs ds es fs gs ss tr ldt), gdt, idt, cr0 cr2 cr3 cr4 cr8
 # efer apic_base, interrupt_bitmap[4]

@@ -65,6 +65,7 @@ class UkdbgData:
         self.phys_offset = None      # file offset of guest-physical address 0
         self.phys_size = 0
         self.phys_extents = []       # [(lo, hi)] written
+        self.flight = None           # NT_UKDBG_FLIGHT desc, decoded on use (flight_log())
 
 
 def _bad(path, msg):
@@ -262,6 +263,8 @@ class CoreFile:
         elif t == F.NT_UKDBG_CONSOLE:
             _v, _pad, u.console_total = F.CONSOLE_HEAD.unpack_from(d)
             u.console = bytes(d[F.CONSOLE_HEAD.size:])
+        elif t == F.NT_UKDBG_FLIGHT:
+            u.flight = bytes(d)          # a bad one fails `history`, not the whole core
         elif t == F.NT_UKDBG_PHYS:
             _v, n, off, size, mem_size = F.PHYS_HEAD.unpack_from(d)
             if F.PHYS_HEAD.size + n * F.PHYS_EXTENT.size > len(d):

@@ -59,6 +59,7 @@ class CoreSource:
         self.exits = {}             # KVM exit reason -> count
         self.console = b""
         self.console_total = 0
+        self.flight = None          # NT_UKDBG_FLIGHT desc (coredump/flight.py), or None
 
 
 def _flags(perms: str) -> int:
@@ -101,6 +102,8 @@ def build_notes(src: CoreSource, data_off: int) -> bytes:
     notes.append(F.pack_note(u, F.NT_UKDBG_PHYS, F.PHYS_HEAD.pack(
         F.UKDBG_VERSION, len(src.phys_extents), data_off, len(src.phys), src.mem_size)
         + b"".join(F.PHYS_EXTENT.pack(lo, hi) for lo, hi in src.phys_extents)))
+    if src.flight is not None:
+        notes.append(F.pack_note(u, F.NT_UKDBG_FLIGHT, src.flight))
     return b"".join(notes)
 
 

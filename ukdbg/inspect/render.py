@@ -306,6 +306,30 @@ def _help(v):
     return out
 
 
+def event_line(r) -> Text:
+    """One flight recorder event: index, time since start, rip <where>, what."""
+    when = f"+{r.time:.6f}s" if r.time is not None else "?"
+    return _t(f"#{r.index:<5} ", (f"{when:>12}", DIM), "  ", (f"{r.rip:#x}", ADDR),
+              (f" <{r.where}>" if r.where else "", SYM), "  ", r.summary)
+
+
+def _history(v):
+    if not v.recorded:
+        return [_t(("(no flight recorder in this core: the run had --flight 0, or an "
+                    "older ukdbg wrote it)", DIM))]
+    out = []
+    if v.not_shown or v.not_kept:
+        parts = [f"{v.not_shown} not shown"] if v.not_shown else []
+        if v.not_kept:
+            parts.append(f"{v.not_kept} no longer kept (the ring holds {v.capacity})")
+        out.append(_t((f"({v.not_shown + v.not_kept} earlier events: "
+                       f"{', '.join(parts)})", DIM)))
+    out.extend(event_line(r) for r in v.rows)
+    if not v.rows:
+        out.append(_t(("(no events)", DIM)))
+    return out
+
+
 # --- the crash report ----------------------------------------------------------------------
 def _report(r):
     out = [_t(("ukdbg: ", HEAD), (r.headline, ERR))]
@@ -342,6 +366,12 @@ def _report(r):
         out.append(_t((f"console (last {'line' if n == 1 else f'{n} lines'}):", HEAD)))
         for ln in r.console:
             out.append(_t(("  | ", DIM), ln))
+    if r.events:
+        out.append(_t(("last events before the crash:", HEAD)))
+        for e in r.events:
+            out.append(_t("  ", event_line(e)))
+    elif r.events_error:
+        out.append(_t(("last events before the crash: ", HEAD), (r.events_error, DIM)))
     if r.core:
         out.append(_t(("core: ", HEAD), r.core))
     elif r.no_core:
@@ -354,4 +384,4 @@ def _report(r):
 _RENDERERS = {"InfoView": _info, "BacktraceView": _backtrace, "FrameView": _frame,
               "RegsView": _regs, "XView": _x, "MemView": _mem, "DisasView": _disas,
               "SymView": _sym, "ConsoleView": _console, "GdbView": _gdb,
-              "HelpView": _help, "Report": _report}
+              "HelpView": _help, "HistoryView": _history, "Report": _report}

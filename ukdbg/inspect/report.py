@@ -24,6 +24,8 @@ class Report:
     frames_more: int = 0
     registers: list = field(default_factory=list)      # [(name, value)]
     console: list = field(default_factory=list)
+    events: list = field(default_factory=list)         # [commands.history.EventRow]
+    events_error: str = ""                             # why there are none
     core: str = ""
     no_core: str = ""
     commands: list = field(default_factory=list)       # [(label, shell command)]
@@ -36,6 +38,7 @@ class Report:
         d["backtrace"] = [f.to_json() for f in self.frames]
         d["registers"] = {n: v for n, v in self.registers}
         d["console"] = self.console
+        d["last_events"] = [e.to_json() for e in self.events]
         d["core"] = self.core or None
         d["commands"] = {label: cmd for label, cmd in self.commands}
         return d
@@ -110,6 +113,13 @@ def build(session, app_name=None, core=None, no_core="") -> Report:
 
     from .commands.console import tail_lines
     r.console = tail_lines(f.console or b"", CONSOLE_LINES)
+    from .commands.history import REPORT_EVENTS, rows
+    try:
+        log = session.flight_log()
+        if log is not None:
+            r.events = rows(session, log, REPORT_EVENTS)
+    except ValueError as e:
+        r.events_error = str(e)
     r.core = core or ""
     r.no_core = no_core
     if core:

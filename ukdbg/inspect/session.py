@@ -26,7 +26,7 @@ class Facts:
         "pid": None, "app_path": None, "app_size": None, "app_sha256": None,
         "build_id": None, "console": b"", "console_total": 0, "hypercalls": {},
         "exits": {}, "sregs": None, "mem_size": None, "uptime": None, "core_path": None,
-        "dump_time": None,
+        "dump_time": None, "flight": None,
     }
     __slots__ = tuple(FIELDS)
 
@@ -86,6 +86,7 @@ class Facts:
         f.uptime = u.uptime_ns / 1e9 if u.uptime_ns else None
         f.dump_time = u.dump_time_ns / 1e9 if u.dump_time_ns else None
         f.core_path = core.path
+        f.flight = u.flight
         return f
 
     @classmethod
@@ -298,6 +299,16 @@ class Session:
             return int.from_bytes(b, "little") if len(b) == 8 else None
         r = self.regs
         return mmu.walk(read_u64, r.cr0, r.cr3, r.cr4, r.efer, gva)
+
+    def flight_log(self):
+        """The flight recorder's coredump.flight.FlightLog, None without one; a bad note
+        raises coredump.flight.FlightFormatError (a ValueError, one line)."""
+        if self.facts.flight is None:
+            return None
+        if getattr(self, "_flight", None) is None:
+            from ..coredump.flight import unpack
+            self._flight = unpack(self.facts.flight)
+        return self._flight
 
     # --- names ------------------------------------------------------------------------------
     def describe(self, addr: int) -> str:

@@ -21,15 +21,17 @@ class VcpuExit:
 
 
 class IoOut(VcpuExit):
-    """`out` to `port`: `data` holds size*count bytes. RIP may already be past it."""
-    __slots__ = ("port", "size", "count", "data")
+    """`out` to `port`: `data` holds size*count bytes. RIP may already be past it;
+    `rip` is the guest's when VcpuFd.enable_sync_regs() is on, else 0."""
+    __slots__ = ("port", "size", "count", "data", "rip")
     reason = 2
 
-    def __init__(self, port, size, count, data):
+    def __init__(self, port, size, count, data, rip=0):
         self.port = port
         self.size = size
         self.count = count
         self.data = data
+        self.rip = rip
 
 
 class IoIn(VcpuExit):

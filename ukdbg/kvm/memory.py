@@ -34,6 +34,9 @@ class GuestMemory:
         self._map = mmap.mmap(self.fd, size, mmap.MAP_SHARED,
                               mmap.PROT_READ | mmap.PROT_WRITE)
         self.view = memoryview(self._map)
+        # The mapping itself, for the flight recorder's one slice per hypercall: an
+        # mmap slice clamps at its end, so no guest value reads outside guest RAM.
+        self.raw = self._map
         # [start, end) ranges the guest may not have the monitor write into on its
         # behalf (its text and rodata); the debugger may still write there.
         self.readonly = []

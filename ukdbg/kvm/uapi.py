@@ -55,6 +55,8 @@ KVM_CAP_GET_TSC_KHZ = 61
 KVM_CAP_READONLY_MEM = 81
 KVM_CAP_IMMEDIATE_EXIT = 136
 KVM_CAP_XSAVE2 = 208
+KVM_CAP_SYNC_REGS = 74
+KVM_SYNC_X86_REGS = 1 << 0
 
 # --- memory slots -------------------------------------------------------------------
 KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
@@ -108,6 +110,10 @@ RUN_DEBUG = struct.Struct("<IIQQQ")       # exception, pad, pc, dr6, dr7
 RUN_INTERNAL = struct.Struct("<II")       # suberror, ndata; then u64 data[16] at 40
 RUN_FAIL_ENTRY = struct.Struct("<QI")     # hardware_entry_failure_reason, cpu
 RUN_HW = struct.Struct("<Q")              # hardware_exit_reason
+RUN_VALID_REGS = 288          # u64 kvm_valid_regs (KVM_CAP_SYNC_REGS)
+RUN_SYNC_RIP = 304 + 128      # s.regs.regs.rip: kvm_sync_regs starts at 304
+# The io union and, 400 bytes on, s.regs.regs.rip: one unpack per hypercall exit.
+RUN_IO_RIP = struct.Struct("<BBHIQ384xQ")
 
 
 # --- records ------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from .libc import ioctl, ioctl_inout
 _EINTR = _errno.EINTR
 _EAGAIN = _errno.EAGAIN
 _EFAULT = _errno.EFAULT
-_IO = uapi.RUN_IO
+_IO = uapi.RUN_IO_RIP
 _U32 = struct.Struct("<I")
 
 
@@ -47,12 +47,12 @@ class VcpuFd:
         run = self.run_map
         reason = _U32.unpack_from(run, 8)[0]
         if reason == 2:
-            direction, size, port, count, off = _IO.unpack_from(run, 32)
+            direction, size, port, count, off, rip = _IO.unpack_from(run, 32)
             n = size * count
             if off + n > len(run):
                 return Other(reason, 0)
             if direction:
-                return IoOut(port, size, count, run[off:off + n])
+                return IoOut(port, size, count, run[off:off + n], rip)
             return IoIn(port, size, count, off)
         return self._decode_rare(reason)
 
@@ -79,6 +79,15 @@ class VcpuFd:
             hw, cpu = uapi.RUN_FAIL_ENTRY.unpack_from(run, 32)
             return FailEntry(hw, cpu)
         return Other(reason, uapi.RUN_HW.unpack_from(run, 32)[0])
+
+    def enable_sync_regs(self) -> None:
+        """KVM_CAP_SYNC_REGS: KVM stores the general registers into kvm_run at every exit,
+        so the guest's rip costs no ioctl (IoOut.rip, sync_rip())."""
+        uapi.RUN_HW.pack_into(self.run_map, uapi.RUN_VALID_REGS, uapi.KVM_SYNC_X86_REGS)
+
+    def sync_rip(self) -> int:
+        """The guest's rip at the last exit (0 unless enable_sync_regs() is on)."""
+        return uapi.RUN_HW.unpack_from(self.run_map, uapi.RUN_SYNC_RIP)[0]
 
     def set_immediate_exit(self, value: bool) -> None:
         """kvm_run.immediate_exit: the next KVM_RUN completes pending I/O, returns EINTR."""

@@ -89,6 +89,8 @@ def build_source(m, stop=None):
     src.exits = dict(m.stats.exits)
     src.console = m.console.last()
     src.console_total = m.console.total
+    if m.flight is not None:
+        src.flight = m.flight.note()
     return src
 
 

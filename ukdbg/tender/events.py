@@ -54,7 +54,8 @@ class Events:
 
     def watch_signal(self, signo: int, handler) -> None:
         """Route signo to handler(m, signo) -> Stop | None. Before arm() for signals
-        outside BLOCKED (e.g. --core-on USR2)."""
+        outside BLOCKED (e.g. --core-on USR2). The flight recorder logs each signal
+        unless the handler has a true `quiet` attribute (the monitor's own timers)."""
         self.signal_handlers[signo] = handler
         if signo not in self.blocked:
             if self.armed:
@@ -125,6 +126,8 @@ class Events:
                 self._poll_sources()
             else:
                 fn = self.signal_handlers.get(s)
+                if self.m.flight is not None and not getattr(fn, "quiet", False):
+                    self.m.flight.add("signal", signo=s)
                 if fn is not None:
                     self._request(fn(self.m, s))
                 else:

@@ -4,7 +4,10 @@ run(m) runs the guest until something ends or stops it and returns a target.Stop
 Hypercalls are dispatched from a table here (a module observes them by wrapping table
 entries); every other exit goes to the modules' vmexit hooks first, then to
 tender/endings.py's diagnosis. Hot path: keep attribute lookups out of the loop.
+The flight recorder (tender/flight.py) is appended to inline: one tuple per hypercall.
 """
+
+from time import monotonic as _mono
 
 from ..errors import GuestMemoryError
 from ..kvm.exits import INTERRUPTED, IoOut
@@ -32,6 +35,10 @@ def run(m):
     hooks = m.vmexit_hooks
     observers = m.hypercall_observers
     events = m.events
+    flight = m.flight
+    record = flight.append if flight is not None else None
+    raw = m.mem.raw                     # slices clamp at the end: never out of RAM
+    mono = _mono
     while True:
         if events.pending or events.stop_request is not None:
             stop = events.service(())
@@ -48,17 +55,27 @@ def run(m):
                         obs(m)
                 fn = table[nr]
                 try:
-                    if nr == _HC_HALT:
-                        return endings.halt(m, gpa)
-                    if fn is None:      # nr 0 is reserved; devices not attached
-                        return endings.bad_hypercall(m, nr, gpa)
+                    if fn is None:      # HALT (the loop's own), or ends the run
+                        if record is not None:      # record it first
+                            record((mono(), ex.rip, nr, gpa, raw[gpa:gpa + 40]))
+                        if nr == _HC_HALT:
+                            return endings.halt(m, gpa)
+                        return endings.bad_hypercall(m, nr, gpa)  # reserved 0, no device
                     stop = fn(m, gpa)
                 except GuestMemoryError as e:
+                    if record is not None and nr != _HC_HALT:
+                        record((mono(), ex.rip, nr, gpa, raw[gpa:gpa + 40]))
                     return endings.hostile_pointer(m, nr, e)
+                # the flight recorder: t as the call returns, the struct's 40 bytes
+                # (tender/flight.py RAW) with its results
+                if record is not None:
+                    record((mono(), ex.rip, nr, gpa, raw[gpa:gpa + 40]))
                 if stop is not None:
                     return stop
                 continue
             # not a hypercall: the hooks, then endings.classify (a bad port)
+        if record is not None and ex is not INTERRUPTED:   # signals: events.py records
+            flight.exit(ex)
         if hooks:
             r = _hooks(m, hooks, ex)
             if r is HANDLED:

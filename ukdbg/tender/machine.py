@@ -17,7 +17,7 @@ from ..errors import UkdbgError
 from ..kvm import uapi
 from ..kvm.memory import GuestMemory
 from ..kvm.system import Kvm
-from . import abi, boot, loader
+from . import abi, boot, flight, loader
 from .console import Console
 from .events import Events
 from .memslots import MemSlots
@@ -56,6 +56,7 @@ class Machine:
         self.net_fds = {}          # tap fd -> manifest index, for POLL
         self.debug = None          # tender/debug.py DebugControl, created on demand
         self.fault = None          # tender/traps.py FaultContext of the last guest fault
+        self.flight = None         # tender/flight.py FlightRecorder (None: --flight 0)
         self.started = 0.0         # time.monotonic() when the guest first ran
         self.cmdline = b""
         self.argv = []             # the monitor's own command line
@@ -113,6 +114,7 @@ def _caps(kvm) -> dict:
         "vcpu_events": c(uapi.KVM_CAP_VCPU_EVENTS) > 0,
         "tsc_khz": c(uapi.KVM_CAP_GET_TSC_KHZ) > 0,
         "nr_memslots": c(uapi.KVM_CAP_NR_MEMSLOTS),
+        "sync_regs": c(uapi.KVM_CAP_SYNC_REGS) & uapi.KVM_SYNC_X86_REGS != 0,
     }
 
 
@@ -137,6 +139,7 @@ def build_machine(image, opts, warn) -> Machine:
     else:
         m.tsc_hz = 0
     vcpu.set_regs(boot.boot_regs(image.entry, mem.size))
+    flight.setup(m, opts)
     return m
 
 

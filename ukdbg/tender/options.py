@@ -29,6 +29,9 @@ post-mortem:
   --no-core                    do not write a core when the guest crashes
   --core-on SIGNAL             write a live core (guest continues) on SIGNAL, e.g. USR2
   --report text|json           crash report format on stderr (default text)
+  --flight N                   keep the last N events (hypercalls, exits, signals,
+                               debugger actions) for cores and reports (default
+                               1024; 0: off)
 management:
   --timeout SECONDS            end the guest (with a core) if it runs longer
   --trace[=FILE]               print one line per hypercall (strace style)
@@ -73,6 +76,7 @@ class RunOptions:
         self.no_core = False
         self.core_on = []             # signal numbers
         self.report = "text"
+        self.flight = 1024            # tender/flight.py DEFAULT
         self.timeout = None
         self.trace = None             # None | "-" (stderr) | path
         self.trace_summary = False
@@ -87,7 +91,8 @@ class RunOptions:
 # option -> (attribute, takes a value). Options with a NAME part are handled apart.
 _VALUED = {"--mem": "mem", "--gdb-port": "gdb_port", "--core-dir": "core_dir",
            "--dumpcore": "core_dir", "--core-on": "core_on", "--report": "report",
-           "--timeout": "timeout", "--log": "log", "--console": "console"}
+           "--timeout": "timeout", "--log": "log", "--console": "console",
+           "--flight": "flight"}
 _FLAGS = {"--gdb-wait": "gdb_wait", "--wait-gdb": "gdb_wait", "--gdb-on-crash": "gdb_on_crash",
           "--no-core": "no_core", "--trace-summary": "trace_summary"}
 _SIGNALS = {"HUP": 1, "INT": 2, "QUIT": 3, "USR1": 10, "USR2": 12, "ALRM": 14, "TERM": 15,
@@ -243,6 +248,10 @@ def _set_valued(o, opt, val):
         if not t > 0:
             raise UsageError(f"--timeout {val}: expected a positive number of seconds")
         o.timeout = t
+    elif opt == "--flight":
+        if not val.isdigit() or int(val) > 1 << 20:
+            raise UsageError(f"--flight {val}: expected a number of events, 0 to 1048576")
+        o.flight = int(val)
     elif opt == "--log":
         o.log = val
     elif opt == "--console":

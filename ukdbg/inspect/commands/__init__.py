@@ -36,6 +36,9 @@ TABLE = {c.name: c for c in (
     Command("console", "console:run", "console [N]",
             "the guest's console output kept in the core (last N lines)"),
     Command("mem", "memory:mem", "mem", "the memory map and what the guest touched"),
+    Command("history", "history:run", "history [N]",
+            "the last N events before the core (flight recorder): hypercalls, exits, "
+            "signals, debugger actions"),
     Command("gdb", "gdb:run", "gdb GDB-COMMAND",
             "run a command in stock gdb on the same core (e.g. gdb print counter)"),
     Command("help", "help:run", "help [COMMAND]", "this list, or one command's usage",

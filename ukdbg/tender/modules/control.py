@@ -31,6 +31,9 @@ def _on_alarm(m, signo):
     return None
 
 
+_on_alarm.quiet = True      # our own timer: not an event of the guest's history
+
+
 def _open(m) -> None:
     if m.control is None and not m.control_ended:
         from .control_server import open_control

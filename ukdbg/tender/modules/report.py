@@ -49,7 +49,8 @@ def session_of(m, stop):
         guest_cmdline=m.cmdline.decode("utf-8", "replace"),
         hypercalls={HC_NAMES[i]: n for i, n in enumerate(m.stats.hypercalls)
                     if i in HC_NAMES and n},
-        core_path=getattr(m, "core_path", None))
+        core_path=getattr(m, "core_path", None),
+        flight=m.flight.note() if m.flight is not None else None)
     return Session(target, Symbols(m.image.elf), facts=facts)
 
 
