@@ -146,7 +146,7 @@ def unpack(data) -> FlightLog:
 
 
 # --- one line per event, for `history` and the crash report ----------------------------------
-_HEX = ("struct", "data", "cookie", "addr", "pc", "rip", "ready_set")
+_HEX = ("struct", "data", "cookie", "addr", "pc", "rip", "new_rip", "ready_set")
 _SKIP_TEXT = ("struct",)       # the struct's own address: in --json only
 # KVM_EXIT_* (coredump/ knows no kvm/): the exits a flight log shows
 EXIT_NAMES = {2: "IO", 4: "DEBUG", 5: "HLT", 6: "MMIO", 8: "SHUTDOWN", 9: "FAIL_ENTRY",
@@ -162,11 +162,11 @@ def summary(e: Event) -> str:
     if e.kind == "signal" and "signo" in f:
         from ..target import SIGNAL_NAMES
         parts.append(SIGNAL_NAMES.get(f["signo"], f"signal {f['signo']}"))
+    if e.text:
+        parts.append(e.text)
     for n, v in f.items():
         if n in _SKIP_TEXT or (e.kind == "exit" and n == "reason") or \
                 (e.kind == "signal" and n == "signo"):
             continue
         parts.append(f"{n}={v:#x}" if n in _HEX else f"{n}={v}")
-    if e.text:
-        parts.append(e.text)
     return " ".join(parts)

@@ -14,7 +14,7 @@ import errno
 from ..errors import TargetError
 from ..kvm.exits import Mmio
 from ..target import Breakpoint, Crashed, Exited, Interrupted, Killed, SIGKILL, Stepped
-from ..tender import loop
+from ..tender import flight, loop
 from ..tender.machine import HANDLED
 from .watch import Watchpoints
 
@@ -95,6 +95,7 @@ class LiveDebugger:
 
     def write_registers(self, regs) -> None:
         from ..arch.x86_64 import GPRS
+        flight.log(self.m, "gdb", "write registers", new_rip=regs.rip)
         vcpu = self.m.vcpu
         fv = self.t.fault_view
         if fv is not None:
@@ -126,6 +127,7 @@ class LiveDebugger:
         self.t.invalidate()
 
     def write_fpu(self, fpu) -> None:
+        flight.log(self.m, "gdb", "write fpu")
         self.t.write_fpu_state(fpu)
 
     def write_memory(self, addr: int, data: bytes) -> None:
@@ -141,6 +143,7 @@ class LiveDebugger:
                 raise TargetError(errno.EFAULT, f"cannot access memory at {pos:#x}")
             pieces.append((t.gpa, data[pos - addr:pos - addr + n]))
             pos += n
+        flight.log(self.m, "gdb", "write memory", addr=addr, len=len(data))
         for gpa, chunk in pieces:
             if self.m.debug is not None and self.m.debug.sw:
                 self.m.debug.write_through(gpa, chunk)
@@ -152,6 +155,7 @@ class LiveDebugger:
         """Run (or single-step) the guest until it stops; returns the Stop."""
         if self.dead is not None:
             return self.dead
+        flight.log(self.m, "gdb", "step" if step else "continue")
         t = self.t
         self.watch.sync()
         stop = None
@@ -264,6 +268,7 @@ class LiveDebugger:
         self.m.events.post(lambda m: Interrupted())
 
     def kill(self):
+        flight.log(self.m, "gdb", "kill")
         self.dead = Killed(SIGKILL, "gdb")
         return self.dead
 

@@ -19,7 +19,7 @@ from ..errors import UkdbgError
 from ..gdbstub.server import GdbServer, Outcome, SessionEnded, is_terminal
 from ..gdbstub.transport import Listener, send_all
 from ..target import Crashed, Exited, Interrupted, Killed, Stepped
-from ..tender import loop
+from ..tender import flight, loop
 
 
 def _warn(msg: str) -> None:
@@ -301,6 +301,7 @@ class GdbStub:
         dbg.attach()
         self.target.set_stop(stop)
         _log(m, "gdb-attach", address=self.address)
+        flight.log(m, "gdb", "attach")
         out = Outcome("disconnect")
         try:
             out = GdbServer(self.target, chan, log=_warn).serve(stop)
@@ -316,6 +317,7 @@ class GdbStub:
             dbg.detach()
             chan.close()
             _log(m, "gdb-detach", how=out.kind)
+            flight.log(m, "gdb", f"detach ({out.kind})")
         return out
 
 

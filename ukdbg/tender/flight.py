@@ -114,6 +114,13 @@ class FlightRecorder:
                       int(monotonic() * 1e9), self.events())
 
 
+def log(m, kind: str, text: str = "", **fields) -> None:
+    """m.flight.add(...) when the recorder is on (for callers off the hot path)."""
+    fl = m.flight
+    if fl is not None:
+        fl.add(kind, text=text, **fields)
+
+
 def setup(m, opts) -> None:
     """Called by build_machine: before the first instruction, always."""
     n = getattr(opts, "flight", DEFAULT)

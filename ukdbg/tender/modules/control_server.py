@@ -13,7 +13,7 @@ import struct
 import time
 
 from ...control import paths
-from .. import abi
+from .. import abi, flight
 
 MAX_LINE = 64 * 1024        # a longer request line ends the connection
 MAX_OUT = 1 << 20           # replies a client does not read, before it is dropped
@@ -304,6 +304,7 @@ class Control:
         self.paused = True
         t0 = time.monotonic()
         _log(m, "pause", source="control")
+        flight.log(m, "pause", "control")
         stop = None
         try:
             while self.paused:
@@ -321,6 +322,7 @@ class Control:
             self.paused_total += time.monotonic() - t0
         if stop is None:
             _log(m, "resume", source="control", paused=round(time.monotonic() - t0, 6))
+            flight.log(m, "resume", "control")
         return stop
 
     # --- the end ------------------------------------------------------------------------------------
@@ -428,6 +430,7 @@ def _gdb(ctl, req):
 def _stop(ctl, req):
     from ...target import SIGTERM, Killed
     ctl.paused = False
+    flight.log(ctl.m, "control", "stop")
     return {"ok": True, "state": "stopping"}, lambda: Killed(SIGTERM, "control")
 
 
