@@ -14,12 +14,13 @@ class BlockBackend:
     def __init__(self, name, path, block_size):
         self.name = name
         self.path = path
+        from ...files import open_regular
         try:
-            self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except OSError as e:
-            raise DeviceError(f"block device '{name}': cannot open {path}: {e.strerror}") \
-                from None
-        self.capacity = os.lseek(self.fd, 0, os.SEEK_END)
+            self.fd, self.capacity = open_regular(path, None, "a block device backing",
+                                                  flags=os.O_RDWR, allow_block=True,
+                                                  error=DeviceError)
+        except DeviceError as e:
+            raise DeviceError(f"block device '{name}': cannot open {e}") from None
         if self.capacity < block_size:
             raise DeviceError(f"block device '{name}': {path} is smaller than one "
                               f"{block_size}-byte block ({self.capacity} bytes)")
