@@ -147,7 +147,8 @@ def write_core(src: CoreSource, fd: int) -> int:
 
 
 def _why(e: OSError) -> str:
-    return e.strerror or str(e)
+    from .. import sandbox
+    return sandbox.describe(e, "core writer") or e.strerror or str(e)
 
 
 def write_core_file(src: CoreSource, path: str, *, unique: bool = True) -> str:
