@@ -13,11 +13,11 @@ runs on.
 
 Cost at start-up. libseccomp (through the pyseccomp binding) compiles POLICY into BPF;
 importing it and compiling costs ~30-100 ms (ctypes, typing, a `ldconfig -p`), far over
-the 2 ms budget. So the compiled program is cached in the private runtime directory
-(0700, per user, cleared at reboot), keyed by a CRC of POLICY: the first run after a
-reboot compiles it with libseccomp and loads it with libseccomp's seccomp_load(); every
-later run loads libseccomp's cached program with one seccomp(2) call through the
-C-level _ctypes module (~0.3 ms). No BPF is written by hand here.
+the 2 ms budget. So the compiled program is cached in ~/.cache/ukdbg (0700, checked to
+be the user's own), keyed by a CRC of the policy: the first run compiles it with
+libseccomp and loads it with libseccomp's seccomp_load(); every later run loads
+libseccomp's cached program with one seccomp(2) call through the C-level _ctypes
+module (~0.3 ms). No BPF is written by hand here.
 """
 
 import os
@@ -195,9 +195,26 @@ def _key() -> str:
     return "%08x" % binascii.crc32(repr((FORMAT, BASE, MAX_NR, POLICY, REFUSE)).encode())
 
 
-def _cache_path() -> str:
-    from .control import paths
-    return os.path.join(paths.ensure_runtime_dir(), f"seccomp-{_key()}.bpf")
+def cache_dir() -> str:
+    """$XDG_CACHE_HOME/ukdbg or ~/.cache/ukdbg (created 0700)."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not base.startswith("/"):
+        base = os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "ukdbg")
+
+
+def _cache_path():
+    """The cache file's path, or None when there is no private place for it: it must
+    be a directory of ours that nobody else can write (else: compile every time)."""
+    d = cache_dir()
+    try:
+        os.makedirs(d, 0o700, exist_ok=True)
+        st = os.lstat(d)
+    except OSError:
+        return None
+    if st.st_mode & 0o170000 != 0o040000 or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        return None
+    return os.path.join(d, f"seccomp-{_key()}.bpf")
 
 
 def install(m=None) -> str:
@@ -205,7 +222,7 @@ def install(m=None) -> str:
     "compiled". Raises OSError or ImportError if it cannot (the caller reports it).
     m: the machine, whose --log gets the reports."""
     path = _cache_path()
-    blob = _read_cache(path)
+    blob = _read_cache(path) if path else None
     if blob is None:
         bpf, names = _compile(path)
         how = "compiled"
@@ -303,8 +320,11 @@ def _compile(path):
         os.close(r)
         if w >= 0:
             os.close(w)
-    table = "\n".join(names.get(i, "") for i in range(MAX_NR)).encode()
-    _write_cache(path, b"UKSB" + len(bpf).to_bytes(4, "little") + bpf + table)
+    global _NAMES
+    _NAMES = names
+    if path:
+        table = "\n".join(names.get(i, "") for i in range(MAX_NR)).encode()
+        _write_cache(path, b"UKSB" + len(bpf).to_bytes(4, "little") + bpf + table)
     f.load()
     return bpf, names
 
