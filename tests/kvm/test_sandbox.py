@@ -198,3 +198,13 @@ def test_policy_names_real_syscalls_and_refusals_map_back():
     sandbox._NAMES = names
     assert sandbox.refused(e) == "execve"
     assert sandbox.refused(OSError(2, "x")) == ""
+
+
+def test_docs_list_exactly_the_policy():
+    """docs/security.md's allowlist table is the policy, syscall for syscall."""
+    from helpers import ROOT
+    text = open(os.path.join(ROOT, "docs", "security.md")).read()
+    table = text.split("### The allowlist", 1)[1].split("\n## ", 1)[0]
+    documented = re.findall(r"^\| `([a-z0-9_]+)` \|", table, re.M)
+    assert documented == sandbox.allowed_names()
+    assert f"### The allowlist ({len(sandbox.POLICY)} syscalls)" in text

@@ -64,7 +64,10 @@ def _request(m, gpa):
     return dev, off, data, n
 
 
-def _host_failure(m, dev, what, err):
+def _host_failure(m, dev, what, e):
+    from ... import sandbox           # a refused syscall is named (ukdbg/sandbox.py)
+    err = e if isinstance(e, str) else (
+        sandbox.describe(e, f"block device '{dev.name}'") or e.strerror)
     return Crashed("host-io", SIGBUS, f"block device '{dev.name}' ({dev.host.path}): {what} "
                    f"failed: {err}")
 
@@ -78,7 +81,7 @@ def block_write(m, gpa):
     try:
         done = os.pwrite(dev.host.fd, buf, off)
     except OSError as e:
-        return _host_failure(m, dev, f"write of {n} bytes at {off}", e.strerror)
+        return _host_failure(m, dev, f"write of {n} bytes at {off}", e)
     if done != n:
         return _host_failure(m, dev, f"write of {n} bytes at {off}", f"short write ({done})")
     dev.host.bytes_written += n
@@ -96,7 +99,7 @@ def block_read(m, gpa):
     try:
         done = os.preadv(dev.host.fd, [buf], off)
     except OSError as e:
-        return _host_failure(m, dev, f"read of {n} bytes at {off}", e.strerror)
+        return _host_failure(m, dev, f"read of {n} bytes at {off}", e)
     if done != n:
         return _host_failure(m, dev, f"read of {n} bytes at {off}", f"short read ({done})")
     dev.host.bytes_read += n
