@@ -47,6 +47,8 @@ def test_sigkill_during_a_large_live_dump_leaves_nothing(app, tmp_path, attempt)
             assert time.monotonic() < deadline, "the dump never started"
             assert dump.poll() is None, f"the dump ended before the kill: {dump.stderr.read()}"
             time.sleep(0.002)
+        with open(f"/proc/{m.pid}/status") as f:      # confined during the dump too
+            assert "\nSeccomp:\t2\n" in f.read()
         if attempt:
             time.sleep(0.05)            # later into the write
         m.proc.kill()
