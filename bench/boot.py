@@ -80,7 +80,7 @@ def sandbox_cost(app, n, env, ukdbg):
     import tempfile
     code = ("import time; t = time.perf_counter(); from ukdbg import sandbox; "
             "how = sandbox.install(); print(how, (time.perf_counter() - t) * 1000, "
-            "len(sandbox.POLICY))")
+            "len(__import__('ukdbg.sandbox_policy').sandbox_policy.POLICY))")
 
     def one(e):
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -14,7 +14,7 @@ import pytest
 from helpers import gdb_path, ukdbg
 from running import Monitor, RuntimeDir
 
-from ukdbg import sandbox
+from ukdbg import sandbox, sandbox_policy
 
 pytestmark = pytest.mark.kvm
 
@@ -185,14 +185,14 @@ def test_refused_syscall_is_reported_and_the_guest_runs_on(app, rt, tmp_path):
 
 
 def test_policy_names_real_syscalls_and_refusals_map_back():
-    f, names = sandbox.build_filter()
+    f, names = sandbox_policy.build_filter()
     rev = {v: k for k, v in names.items()}
-    for name in sandbox.allowed_names():
+    for name in sandbox_policy.allowed_names():
         assert name in rev, f"{name} is not a syscall here"
     for bad in ("execve", "execveat", "fork", "vfork", "clone", "clone3", "ptrace",
                 "connect", "mount", "kill", "setuid", "rename", "chown", "bpf",
                 "process_vm_writev", "init_module", "open", "openat2"):
-        assert bad not in sandbox.allowed_names(), bad
+        assert bad not in sandbox_policy.allowed_names(), bad
     e = OSError(sandbox.BASE + rev["execve"], "x")
     sandbox._state["path"] = None
     sandbox._NAMES = names
@@ -206,5 +206,5 @@ def test_docs_list_exactly_the_policy():
     text = open(os.path.join(ROOT, "docs", "security.md")).read()
     table = text.split("### The allowlist", 1)[1].split("\n## ", 1)[0]
     documented = re.findall(r"^\| `([a-z0-9_]+)` \|", table, re.M)
-    assert documented == sandbox.allowed_names()
-    assert f"### The allowlist ({len(sandbox.POLICY)} syscalls)" in text
+    assert documented == sandbox_policy.allowed_names()
+    assert f"### The allowlist ({len(sandbox_policy.POLICY)} syscalls)" in text
