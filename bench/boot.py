@@ -9,6 +9,8 @@ each, and prints medians plus a breakdown of ukdbg's part:
   guest run           in-process: first KVM_RUN to the guest's HALT (median)
 It also checks that the run path imports nothing outside the standard library.
 
+The seccomp sandbox's start-up cost is measured apart (sandbox_cost), on its own lines.
+
 usage: bench/boot.py [-n 20] [--app fixtures/build/hello.hvt]
 """
 
@@ -47,7 +49,8 @@ for i in range({n}):
     marks = [("start", time.perf_counter())]
     fd = os.dup(1); nul = os.open(os.devnull, os.O_WRONLY); os.dup2(nul, 1)
     try:
-        R.run_main([{app!r}], mark=lambda p: marks.append((p, time.perf_counter())))
+        R.run_main(["--no-sandbox", {app!r}],
+                   mark=lambda p: marks.append((p, time.perf_counter())))
     finally:
         os.dup2(fd, 1); os.close(fd); os.close(nul)
     res.append({{p: (t - marks[i][1]) * 1000 for i, (p, t) in enumerate(marks[1:])}})
@@ -64,6 +67,45 @@ print(json.dumps({{"res": res, "leaked": leaked}}))
         sys.exit(out.stderr)
     data = json.loads(out.stdout.strip().splitlines()[-1])
     return data["res"], data["leaked"]
+
+
+def sandbox_cost(app, n, env, ukdbg):
+    """The seccomp filter's start-up cost (ukdbg/sandbox.py), three ways:
+      in-process   import ukdbg.sandbox + install() in a fresh interpreter, with the
+                   compiled program cached (every run after the first since boot)
+      cold         the same with an empty runtime directory: libseccomp compiles
+                   (pyseccomp import, ldconfig, compile, seccomp_load), once per boot
+      end to end   `ukdbg run hello` minus `ukdbg run --no-sandbox hello`, alternating
+    Returns (cached ms list, cold ms list, with list, without list, allowlist size)."""
+    import tempfile
+    code = ("import time; t = time.perf_counter(); from ukdbg import sandbox; "
+            "how = sandbox.install(); print(how, (time.perf_counter() - t) * 1000, "
+            "len(__import__('ukdbg.sandbox_policy').sandbox_policy.POLICY))")
+
+    def one(e):
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env=e, cwd=ROOT)
+        if r.returncode:
+            sys.exit(f"sandbox install failed: {r.stderr[-300:]}")
+        how, ms, size = r.stdout.split()
+        return how, float(ms), int(size)
+    one(env)                                  # make sure the cache exists
+    cached, cold, size = [], [], 0
+    for _ in range(n):
+        how, ms, size = one(env)
+        assert how == "cached", how
+        cached.append(ms)
+    for _ in range(min(n, 5)):
+        with tempfile.TemporaryDirectory() as d:
+            os.chmod(d, 0o700)
+            how, ms, _ = one(dict(env, XDG_RUNTIME_DIR=d))
+            assert how == "compiled", how
+            cold.append(ms)
+    on, off = [], []
+    for _ in range(n):
+        on.append(timed([ukdbg, "run", app], env))
+        off.append(timed([ukdbg, "run", "--no-sandbox", app], env))
+    return cached, cold, on, off, size
 
 
 def main():
@@ -102,6 +144,16 @@ def main():
     print(f"  VM set-up               {statistics.median(setup):7.2f} ms")
     print(f"  guest run               {statistics.median(guest):7.2f} ms")
     print(f"non-stdlib or heavy stdlib modules on the run path: {leaked or 'none'}")
+    # The seccomp sandbox (issue 9): its own lines, so the breakdown above stays as is.
+    cached, cold, on, off, size = sandbox_cost(a.app, a.n, env, ukdbg)
+    dd = statistics.median(on) - statistics.median(off)
+    print(f"seccomp sandbox ({size} syscalls allowed):")
+    print(f"  install, cached program {stats(cached)}   target <= 2 ms: "
+          f"{'met' if statistics.median(cached) <= 2 else 'NOT met'}")
+    print(f"  install, cold (compile) {stats(cold)}   (once per boot and user)")
+    print(f"  ukdbg run hello         {stats(on)}")
+    print(f"  ... --no-sandbox        {stats(off)}")
+    print(f"  difference (median)     {dd:7.2f} ms")
 
 
 if __name__ == "__main__":

@@ -79,6 +79,11 @@ def main(argv=None) -> int:
     except SystemExit:
         raise
     except Exception as e:  # a bug in ukdbg: one line, traceback on request
+        from .sandbox import describe
+        why = describe(e, f"ukdbg {cmd}")
+        if why:
+            _err(why)
+            return 70
         if os.environ.get("UKDBG_DEBUG"):
             raise
         _err(f"internal error: {type(e).__name__}: {e} (set UKDBG_DEBUG=1 for a "

@@ -66,13 +66,10 @@ class ElfFile:
         self._sorted = None
 
     @classmethod
-    def open(cls, path: str) -> "ElfFile":
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except IsADirectoryError:
-            raise ElfFormatError(f"{path} is a directory") from None
-        return cls(data, path)
+    def open(cls, path: str, max_size: int = 1 << 30) -> "ElfFile":
+        """Only a regular file of at most max_size bytes (ukdbg/files.py)."""
+        from .files import read_regular
+        return cls(read_regular(path, max_size, "an ELF file", error=ElfFormatError), path)
 
     def _slice(self, off: int, size: int, what: str) -> bytes:
         if off < 0 or size < 0 or off + size > len(self.data):

@@ -81,12 +81,26 @@ def run_main(argv: list, mark=None) -> int:
         m.events.arm()
         if mark:
             mark("setup")
+        if m.opts.sandbox:
+            confine(m)
+            if mark:
+                mark("sandbox")
         stop = drive(m)
         if mark:
             mark("run")
         return finish(m, stop)
     finally:
         m.close()
+
+
+def confine(m) -> None:
+    """The seccomp allowlist, once everything is set up (ukdbg/sandbox.py). A monitor
+    that cannot confine itself says so and runs on (--no-sandbox silences it)."""
+    from . import sandbox
+    try:
+        m.sandbox = sandbox.install(m)
+    except (OSError, ImportError, ValueError) as e:
+        warn(f"seccomp sandbox not installed: {e} (run with --no-sandbox to silence)")
 
 
 def drive(m):

@@ -12,6 +12,9 @@ diff, and commit:
 
     UKDBG_REGEN_GOLDEN=1 .venv/bin/python -m pytest tests/e2e/test_inspect_golden.py
 
+That run always fails (each golden test names its file, CHANGED or unchanged), so
+regenerating can never make a test pass; run again without the variable.
+
 Independently of the goldens, tests/e2e/test_inspect_gdb.py checks the same commands'
 substance against stock gdb, and the last test here against values computed from the
 ELF images.
@@ -76,10 +79,18 @@ def normalize(text, core):
 def check(name, text):
     path = os.path.join(GOLDEN, f"{name}.txt")
     if REGEN:
+        # A regeneration run never passes: it writes the files and fails, naming the
+        # ones that changed, so a wrong output cannot become green by regenerating.
+        old = None
+        if os.path.exists(path):
+            with open(path) as f:
+                old = f.read()
         os.makedirs(GOLDEN, exist_ok=True)
         with open(path, "w") as f:
             f.write(text)
-        return
+        pytest.fail(f"UKDBG_REGEN_GOLDEN: {os.path.relpath(path, ROOT)} "
+                    f"{'unchanged' if old == text else 'CHANGED: review the diff'}; "
+                    "rerun without UKDBG_REGEN_GOLDEN to test", pytrace=False)
     assert os.path.exists(path), f"no golden {path}: run with UKDBG_REGEN_GOLDEN=1"
     with open(path) as f:
         want = f.read()

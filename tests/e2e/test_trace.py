@@ -67,6 +67,8 @@ def summary_rows(text):
     total = lines[head + 3 + len(rows)].split()
     assert total[-1] == "total"
     assert int(total[3]) == sum(c for c, _ in rows.values())
+    errors = sum(e for _, e in rows.values())
+    assert (int(total[4]) if len(total) == 6 else 0) == errors, lines[head + 3 + len(rows)]
     return rows
 
 
@@ -141,12 +143,14 @@ def test_summary_alone_prints_no_lines(app):
     ("struct", r"puts\(0xfffff000\)"),
 ])
 def test_trace_shows_a_refused_hostile_pointer(app, variant, call):
-    r = ukdbg("run", "--mem=8", "--no-core", "--trace", app("hostileptr"),
-              *([variant] if variant else []))
+    r = ukdbg("run", "--mem=8", "--no-core", "--trace", "--trace-summary",
+              app("hostileptr"), *([variant] if variant else []))
     assert r.returncode == 159
     lines = [ln for ln in r.stderr.splitlines() if LINE.match(ln)]
     assert re.fullmatch(r" +\d+\.\d{6} " + call + r" = \? <bad guest pointer: guest access "
                         r"gpa=0x[0-9a-f]+ size=0x10 outside guest memory>", lines[-1]), lines
+    # the refused call is counted as an error (the good puts before it is not)
+    assert summary_rows(r.stderr) == {"puts": (2, 1), "walltime": (1, 0)}
 
 
 def test_trace_shows_a_hypercall_that_does_not_exist(app):

@@ -351,3 +351,24 @@ def test_xstate_trimmed_to_xcr0():
     assert len(F.pack_xstate(area, 0xE7)) == 2688                 # + AVX-512
     x = F.pack_xstate(area, 7)
     assert struct.unpack_from("<Q", x, 464)[0] == 7
+
+
+def test_unnamed_tmpfile_or_fallback_leave_only_the_core(tmp_path, monkeypatch):
+    """O_TMPFILE (nothing visible until linked), and the named fallback for a
+    filesystem without it: both end with exactly the core, mode 0600."""
+    import errno
+    from ukdbg.coredump import writer
+    src = make_source()
+    p = write_core_file(src, str(tmp_path / "a.core"))
+    assert os.listdir(tmp_path) == ["a.core"] and os.stat(p).st_mode & 0o777 == 0o600
+    real_open = os.open
+
+    def no_tmpfile(path, flags, *a, **kw):
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+        return real_open(path, flags, *a, **kw)
+    monkeypatch.setattr(writer.os, "open", no_tmpfile)
+    p2 = write_core_file(src, str(tmp_path / "a.core"))
+    assert p2 == str(tmp_path / "a.core.1")
+    assert sorted(os.listdir(tmp_path)) == ["a.core", "a.core.1"]
+    CoreFile.open(p2).close()

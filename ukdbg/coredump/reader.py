@@ -91,16 +91,13 @@ class CoreFile:
     # --- opening ----------------------------------------------------------------------
     @classmethod
     def open(cls, path: str) -> "CoreFile":
+        from ..files import open_regular
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError as e:
-            raise CoreFormatError(f"cannot open {path}: {e.strerror}") from None
+            fd, size = open_regular(path, None, "a core", error=CoreFormatError)
+        except CoreFormatError as e:
+            raise CoreFormatError(f"cannot open {e}") from None
         try:
-            st = os.fstat(fd)
-            import stat
-            if not stat.S_ISREG(st.st_mode):
-                raise _bad(path, "not a regular file")
-            core = cls(path, fd, st.st_size)
+            core = cls(path, fd, size)
             core._parse()
             return core
         except CoreFormatError:

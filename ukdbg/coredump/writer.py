@@ -150,14 +150,60 @@ def write_core(src: CoreSource, fd: int) -> int:
 
 
 def _why(e: OSError) -> str:
-    return e.strerror or str(e)
+    from .. import sandbox
+    return sandbox.describe(e, "core writer") or e.strerror or str(e)
 
 
 def write_core_file(src: CoreSource, path: str, *, unique: bool = True) -> str:
-    """Write atomically: a temporary file in the same directory, fsync, then a link
-    into place that never replaces an existing file. unique: if path exists, try
-    path.1, path.2, ...; else fail. Returns the path written. Raises CoreWriteError."""
+    """Write atomically and never overwrite. The core is written into an unnamed
+    O_TMPFILE in the target directory, fsynced, then linked in under its name
+    (linkat through /proc/self/fd): a dump killed at any point, even by SIGKILL, leaves
+    nothing behind. Filesystems without O_TMPFILE fall back to a named temporary file
+    (which a SIGKILL can leave). unique: if path exists, try path.1, path.2, ...; else
+    fail. Returns the path written. Raises CoreWriteError."""
     d = os.path.dirname(path) or "."
+    try:
+        dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as e:
+        raise CoreWriteError(f"cannot write a core in {d}: {_why(e)}") from None
+    try:
+        fd = _open_unnamed(d, dfd)
+        if fd is None:
+            return _write_named_tmp(src, path, d, unique)
+        try:
+            write_core(src, fd)
+            os.fsync(fd)
+            # linkat(AT_SYMLINK_FOLLOW) of the /proc link names the open file itself
+            # (os.link uses linkat only when given a dir fd).
+            final = _place(f"/proc/self/fd/{fd}", path, unique, dfd=dfd)
+        except OSError as e:
+            raise CoreWriteError(f"cannot write core {path}: {_why(e)} (no core "
+                                 "written)") from None
+        finally:
+            os.close(fd)
+        try:
+            os.fsync(dfd)
+        except OSError:
+            pass
+        return final
+    finally:
+        os.close(dfd)
+
+
+def _open_unnamed(d: str, dfd: int):
+    """An O_TMPFILE fd in directory dfd, or None if the filesystem cannot make one."""
+    import errno
+    try:
+        return os.open(".", os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+    except OSError as e:
+        # EOPNOTSUPP: the filesystem lacks it; EISDIR/EINVAL: a kernel without it.
+        if e.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            return None
+        raise CoreWriteError(f"cannot write a core in {d}: {_why(e)}") from None
+
+
+def _write_named_tmp(src: CoreSource, path: str, d: str, unique: bool) -> str:
+    """The fallback: a temporary file in the same directory, fsync, then a link."""
     tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}."
                           f"{os.urandom(3).hex()}.tmp")
     try:
@@ -182,19 +228,27 @@ def write_core_file(src: CoreSource, path: str, *, unique: bool = True) -> str:
     return final
 
 
-def _place(tmp: str, path: str, unique: bool) -> str:
-    """link(2) tmp to the first free name (atomic, never overwrites), drop tmp."""
+def _place(tmp: str, path: str, unique: bool, dfd=None) -> str:
+    """link(2) tmp to the first free name (atomic, never overwrites), drop tmp.
+    dfd: tmp is /proc/self/fd/N of an O_TMPFILE, linked into directory dfd (nothing to
+    drop, and no rename fallback: such a file has no name to rename)."""
     import errno
+    unnamed = dfd is not None
     for i in range(1000 if unique else 1):
         name = path if i == 0 else f"{path}.{i}"
         try:
-            os.link(tmp, name)
+            if unnamed:
+                os.link(tmp, os.path.basename(name), dst_dir_fd=dfd,
+                        follow_symlinks=True)
+            else:
+                os.link(tmp, name)
         except FileExistsError:
             if not unique:
                 raise CoreWriteError(f"{path} already exists; not overwritten") from None
             continue
         except OSError as e:
-            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+            if unnamed or e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP,
+                                          errno.EMLINK):
                 raise
             # A filesystem without hard links: check, then rename (a small race).
             if os.path.lexists(name):
@@ -204,7 +258,8 @@ def _place(tmp: str, path: str, unique: bool) -> str:
                 continue
             os.rename(tmp, name)
             return name
-        os.unlink(tmp)
+        if not unnamed:
+            os.unlink(tmp)
         return name
     raise CoreWriteError(f"{path} and {path}.1 ... {path}.999 all exist; no core written")
 

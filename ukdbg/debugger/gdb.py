@@ -306,11 +306,15 @@ class GdbStub:
         try:
             out = GdbServer(self.target, chan, log=_warn).serve(stop)
         except UkdbgError as e:
-            _warn(f"gdb session ended: {e}")
+            from .. import sandbox
+            _warn(f"gdb session ended: {sandbox.describe(e, 'gdb stub') or e}")
         except Exception as e:          # a bug in the stub: keep the guest alive
-            if os.environ.get("UKDBG_DEBUG"):
+            from .. import sandbox
+            why = sandbox.describe(e, "gdb stub")
+            if why is None and os.environ.get("UKDBG_DEBUG"):
                 raise
-            _warn(f"gdb session ended by an internal error: {type(e).__name__}: {e}")
+            _warn(f"gdb session ended: {why}" if why else
+                  f"gdb session ended by an internal error: {type(e).__name__}: {e}")
         finally:
             self.session = None
             self.shown = dbg.t.stop_reason()

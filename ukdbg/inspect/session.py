@@ -390,11 +390,12 @@ def find_image(core_path: str, facts: Facts, app=None):
 def image_mismatch(path: str, facts: Facts) -> str:
     """'' when the file at path is the recorded image, else how it differs."""
     import hashlib
+    from ..errors import UkdbgError
+    from ..files import IMAGE_MAX, read_regular
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        return f"unreadable: {e.strerror}"
+        data = read_regular(path, IMAGE_MAX, "an hvt image")
+    except UkdbgError as e:
+        return f"unreadable: {str(e).removeprefix(path + ': ')}"
     if facts.app_size is not None and len(data) != facts.app_size:
         return f"size {len(data)}, the core records {facts.app_size}"
     if facts.build_id:

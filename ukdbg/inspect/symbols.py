@@ -251,10 +251,12 @@ class Symbols:
         """The text of a source line, when the file is on disk."""
         lines = self._sources.get(sl.path)
         if lines is None:
-            try:
-                with open(sl.path, encoding="utf-8", errors="replace") as f:
-                    lines = f.read().splitlines()
-            except OSError:
+            from ..errors import UkdbgError
+            from ..files import read_regular
+            try:   # a hostile image may name /dev/zero as its source file
+                lines = read_regular(sl.path, 64 << 20, "a source file").decode(
+                    "utf-8", "replace").splitlines()
+            except UkdbgError:
                 lines = []
             self._sources[sl.path] = lines
         return lines[sl.line - 1] if 0 < sl.line <= len(lines) else None

@@ -8,6 +8,7 @@ copies them into GuestMemory.
 from ..elf import (EM_X86_64, ET_DYN, ET_EXEC, PF_R, PF_W, PF_X, PT_LOAD, PT_NOTE,
                    ElfFile, ElfFormatError)
 from ..errors import ExecutableError
+from ..files import IMAGE_MAX, read_regular
 from . import abi
 from .manifest import Manifest
 
@@ -87,17 +88,9 @@ def _solo5_note(path: str, elf: ElfFile, ntype: int, max_desc: int, align: int):
 
 def read_image(path: str) -> Image:
     """Open and check an hvt image's header, ABI1 and MFT1 notes (the §13 order)."""
+    data = read_regular(path, IMAGE_MAX, "an hvt image", error=ExecutableError)
     try:
-        elf = ElfFile.open(path)
-    except FileNotFoundError:
-        raise ExecutableError(f"{path}: no such file") from None
-    except PermissionError:
-        raise ExecutableError(f"{path}: permission denied") from None
-    except ElfFormatError as e:
-        raise _bad(path, str(e)) from None
-    except OSError as e:
-        raise _bad(path, e.strerror or str(e)) from None
-    try:
+        elf = ElfFile(data, path)
         _check_header(path, elf)
         abi1 = _solo5_note(path, elf, abi.NOTE_ABI1, abi.ABI1_MAX_DESC, 4)
         if abi1 is None:

@@ -39,6 +39,8 @@ management:
   --log FILE                   append JSON lines for lifecycle events
   --console FILE               also copy the guest's console output to FILE
   --no-control                 do not open the control socket (ukdbg ps/status/...)
+  --no-sandbox                 no seccomp filter after set-up (debugging ukdbg itself;
+                               docs/security.md)
   -h, --help                   this help;  --version  the version
 
 exit status:
@@ -83,6 +85,7 @@ class RunOptions:
         self.log = None
         self.console = None
         self.control = True
+        self.sandbox = True           # seccomp after set-up (ukdbg/sandbox.py)
         self.app = None
         self.args = []
         self.argv = []
@@ -198,6 +201,9 @@ def parse_run(argv: list) -> RunOptions:
             continue
         if opt == "--no-control":
             o.control = False
+            continue
+        if opt == "--no-sandbox":
+            o.sandbox = False
             continue
         if a in _FLAGS:
             setattr(o, _FLAGS[a], True)

@@ -14,12 +14,13 @@ class BlockBackend:
     def __init__(self, name, path, block_size):
         self.name = name
         self.path = path
+        from ...files import open_regular
         try:
-            self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except OSError as e:
-            raise DeviceError(f"block device '{name}': cannot open {path}: {e.strerror}") \
-                from None
-        self.capacity = os.lseek(self.fd, 0, os.SEEK_END)
+            self.fd, self.capacity = open_regular(path, None, "a block device backing",
+                                                  flags=os.O_RDWR, allow_block=True,
+                                                  error=DeviceError)
+        except DeviceError as e:
+            raise DeviceError(f"block device '{name}': cannot open {e}") from None
         if self.capacity < block_size:
             raise DeviceError(f"block device '{name}': {path} is smaller than one "
                               f"{block_size}-byte block ({self.capacity} bytes)")
@@ -63,7 +64,10 @@ def _request(m, gpa):
     return dev, off, data, n
 
 
-def _host_failure(m, dev, what, err):
+def _host_failure(m, dev, what, e):
+    from ... import sandbox           # a refused syscall is named (ukdbg/sandbox.py)
+    err = e if isinstance(e, str) else (
+        sandbox.describe(e, f"block device '{dev.name}'") or e.strerror)
     return Crashed("host-io", SIGBUS, f"block device '{dev.name}' ({dev.host.path}): {what} "
                    f"failed: {err}")
 
@@ -77,7 +81,7 @@ def block_write(m, gpa):
     try:
         done = os.pwrite(dev.host.fd, buf, off)
     except OSError as e:
-        return _host_failure(m, dev, f"write of {n} bytes at {off}", e.strerror)
+        return _host_failure(m, dev, f"write of {n} bytes at {off}", e)
     if done != n:
         return _host_failure(m, dev, f"write of {n} bytes at {off}", f"short write ({done})")
     dev.host.bytes_written += n
@@ -95,7 +99,7 @@ def block_read(m, gpa):
     try:
         done = os.preadv(dev.host.fd, [buf], off)
     except OSError as e:
-        return _host_failure(m, dev, f"read of {n} bytes at {off}", e.strerror)
+        return _host_failure(m, dev, f"read of {n} bytes at {off}", e)
     if done != n:
         return _host_failure(m, dev, f"read of {n} bytes at {off}", f"short read ({done})")
     dev.host.bytes_read += n

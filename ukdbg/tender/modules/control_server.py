@@ -220,9 +220,11 @@ class Control:
             try:
                 reply, after = fn(self, req)
             except Exception as e:      # an error here must not end the guest
+                from ... import sandbox
                 from ...errors import UkdbgError
-                msg = str(e) if isinstance(e, UkdbgError) else \
-                    f"internal error: {type(e).__name__}: {e}"
+                msg = sandbox.describe(e, f"control request {req['cmd']}") or (
+                    str(e) if isinstance(e, UkdbgError) else
+                    f"internal error: {type(e).__name__}: {e}")
                 reply, after = {"ok": False, "error": msg}, None
         if "id" in req:
             reply["id"] = req["id"]
@@ -434,5 +436,13 @@ def _stop(ctl, req):
     return {"ok": True, "state": "stopping"}, lambda: Killed(SIGTERM, "control")
 
 
+def _selftest_execve(ctl, req):
+    """Test hook (UKDBG_TEST_HOOKS=1 only): the monitor tries execve, which the sandbox
+    must refuse with a report while the guest runs on (tests/kvm/test_sandbox.py)."""
+    os.execv("/bin/true", ["true"])
+
+
 COMMANDS = {"status": _status, "pause": _pause, "resume": _resume, "core": _core,
             "gdb": _gdb, "stop": _stop}
+if os.environ.get("UKDBG_TEST_HOOKS") == "1":
+    COMMANDS["selftest-execve"] = _selftest_execve

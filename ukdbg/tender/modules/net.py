@@ -120,7 +120,8 @@ def net_write(m, gpa):
     try:
         done = os.write(dev.host.fd, m.mem.slice(data, n))
     except OSError as e:
-        done = e
+        from ... import sandbox
+        done = sandbox.describe(e, f"net device '{dev.name}'") or e
     if done != n:
         return Crashed("host-io", SIGBUS, f"net device '{dev.name}' ({dev.host.iface}): "
                        f"write of {n} bytes failed: {done}")
@@ -140,8 +141,9 @@ def net_read(m, gpa):
     except BlockingIOError:
         got = 0
     except OSError as e:
+        from ... import sandbox
         return Crashed("host-io", SIGBUS, f"net device '{dev.name}' ({dev.host.iface}): "
-                       f"read failed: {e.strerror}")
+                       f"read failed: {sandbox.describe(e, 'NET_READ') or e.strerror}")
     if got == 0:
         m.mem.guest_write(gpa + 24, abi.RET_ST.pack(abi.SOLO5_R_AGAIN))
         return None

@@ -1,0 +1,105 @@
+"""ukdbg/files.py: open a file a user named (image, core, recording) without trusting it.
+
+Every path ukdbg reads goes through open_regular() or read_regular(), so that
+`ukdbg run /dev/zero`, a FIFO, a directory or a 100 GB file is one clear line, at once:
+  - stat() first, so a device or FIFO is refused without being opened (opening some
+    devices has effects, and a FIFO blocks until a writer comes);
+  - open with O_NONBLOCK|O_NOCTTY (a FIFO swapped in after the stat cannot block us);
+  - fstat() the open fd: that, not the stat, is the check (no race: it is the file we
+    read). Symlinks to regular files are fine, as for any program;
+  - sizes are bounded, and read_regular() never reads more than max_size + 1 bytes, so
+    a file that grows, or one that lies about its size (/proc), is still bounded.
+
+Usage (by each reader, with its own error class):
+    fd, size = open_regular(path, max_size, "core", error=CoreFormatError)
+    data = read_regular(path, IMAGE_MAX, "image", error=ExecutableError)
+Block devices (--block) pass allow_block=True: a regular file or a block special file.
+Only small C-level modules here: this is on the plain run path.
+"""
+
+import os
+
+from .errors import UkdbgError
+
+IMAGE_MAX = 1 << 30            # an hvt image larger than 1 GiB is not one
+_KINDS = ((0o020000, "a character device"), (0o060000, "a block device"),
+          (0o010000, "a FIFO"), (0o140000, "a socket"), (0o040000, "a directory"))
+
+
+def _kind(mode: int) -> str:
+    fmt = mode & 0o170000
+    for bits, name in _KINDS:
+        if fmt == bits:
+            return name
+    return "not a regular file"
+
+
+def _ok(mode: int, allow_block: bool) -> bool:
+    fmt = mode & 0o170000
+    return fmt == 0o100000 or (allow_block and fmt == 0o060000)
+
+
+def _why(e: OSError) -> str:
+    if isinstance(e, FileNotFoundError):
+        return "no such file"
+    return e.strerror or str(e)
+
+
+def open_regular(path, max_size, what: str, *, error=UkdbgError, flags: int = os.O_RDONLY,
+                 allow_block: bool = False):
+    """(fd, size) of the regular file at path (or block device, if allow_block), opened
+    with flags | O_CLOEXEC. max_size: None or the largest acceptable size in bytes.
+    Raises error("PATH: WHY") for anything else; the fd is never leaked."""
+    want = "a regular file or a block device" if allow_block else "a regular file"
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise error(f"{path}: {_why(e)}") from None
+    except ValueError:                       # an embedded NUL byte
+        raise error(f"{path!r}: invalid path") from None
+    if not _ok(st.st_mode, allow_block):
+        raise error(f"{path}: is {_kind(st.st_mode)}, not {want} ({what})")
+    try:
+        fd = os.open(path, flags | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as e:
+        raise error(f"{path}: {_why(e)}") from None
+    try:
+        st = os.fstat(fd)
+        if not _ok(st.st_mode, allow_block):
+            raise error(f"{path}: is {_kind(st.st_mode)}, not {want} ({what})")
+        size = st.st_size
+        if st.st_mode & 0o170000 == 0o060000:
+            size = os.lseek(fd, 0, os.SEEK_END)
+            os.lseek(fd, 0, os.SEEK_SET)
+        if max_size is not None and size > max_size:
+            raise error(f"{path}: {size} bytes is too large for {what} (at most "
+                        f"{max_size} bytes)")
+        os.set_blocking(fd, True)
+        return fd, size
+    except OSError as e:
+        os.close(fd)
+        raise error(f"{path}: {_why(e)}") from None
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path, max_size: int, what: str, *, error=UkdbgError) -> bytes:
+    """The contents of the regular file at path, at most max_size bytes (else error)."""
+    fd, size = open_regular(path, max_size, what, error=error)
+    try:
+        chunks = []
+        total = 0
+        while True:
+            chunk = os.read(fd, min(max(size - total, 0) + 65536, max_size + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > max_size:
+                raise error(f"{path}: more than {max_size} bytes is too large for {what}")
+    except OSError as e:
+        raise error(f"{path}: read error: {_why(e)}") from None
+    finally:
+        os.close(fd)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)

@@ -1,0 +1,267 @@
+"""ukdbg/sandbox.py: the seccomp allowlist `ukdbg run` confines itself to after set-up.
+
+As solo5-hvt does: once the guest is set up (image loaded, devices and files open), a
+seccomp filter allows only what the run loop, the gdb stub, the control socket, cores,
+the trace, logs and a recording need (sandbox_policy.py, with the reason for each;
+docs/security.md is the reader's copy). A bug in hypercall handling then cannot become an arbitrary host
+syscall (execve, ptrace, mount, connect, opening a file for writing, ...).
+
+A refused syscall never kills the monitor or the guest: syscall number N fails with
+errno BASE + N, which refused() maps back to the syscall's name, and report() logs it
+with the Python stack (stderr and --log). The request that tried it fails; the guest
+runs on.
+
+Cost at start-up. libseccomp (through the pyseccomp binding) compiles POLICY into BPF;
+importing it and compiling costs ~30-100 ms (ctypes, typing, a `ldconfig -p`), far over
+the 2 ms budget. So the compiled program is cached in ~/.cache/ukdbg (0700, checked to
+be the user's own), keyed by a CRC of the policy: the first run compiles it with
+libseccomp and loads it with libseccomp's seccomp_load(); every later run loads
+libseccomp's cached program with one seccomp(2) call through the C-level _ctypes
+module (~0.3 ms). No BPF is written by hand here.
+"""
+
+import os
+
+BASE = 3000              # refused syscall nr N -> errno BASE + N (< 4096: still an error)
+MAX_NR = 512             # x86-64 syscall numbers below this are named in reports
+FORMAT = 1               # of the cache file
+
+_NAMES = None            # nr -> name, read from the cache file on the first report
+_state = {"active": False, "path": None, "m": None}
+
+
+def active() -> bool:
+    return _state["active"]
+
+
+def _key() -> str:
+    """A CRC of the policy's source (no need to import it), else of its values."""
+    import binascii
+    src = os.path.join(os.path.dirname(__file__), "sandbox_policy.py")
+    try:
+        with open(src, "rb") as f:
+            text = f.read()
+    except OSError:                  # installed without sources
+        from . import sandbox_policy as P
+        text = repr((P.POLICY, P.REFUSE)).encode()
+    return "%08x" % binascii.crc32(text, FORMAT * 1000003 + BASE + MAX_NR)
+
+
+def cache_dir() -> str:
+    """$XDG_CACHE_HOME/ukdbg or ~/.cache/ukdbg (created 0700)."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not base.startswith("/"):
+        base = os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "ukdbg")
+
+
+def _cache_path():
+    """The cache file's path, or None when there is no private place for it: it must
+    be a directory of ours that nobody else can write (else: compile every time)."""
+    d = cache_dir()
+    try:
+        os.makedirs(d, 0o700, exist_ok=True)
+        st = os.lstat(d)
+    except OSError:
+        return None
+    if st.st_mode & 0o170000 != 0o040000 or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        return None
+    return os.path.join(d, f"seccomp-{_key()}.bpf")
+
+
+def install(m=None) -> str:
+    """Load the filter into this thread (and what it starts). Returns how: "cached" or
+    "compiled". Raises OSError or ImportError if it cannot (the caller reports it).
+    m: the machine, whose --log gets the reports."""
+    path = _cache_path()
+    blob = _read_cache(path) if path else None
+    if blob is None:
+        bpf, names = _compile(path)
+        how = "compiled"
+    else:
+        bpf = blob
+        _load_bpf(bpf)
+        how = "cached"
+    _state["active"] = True
+    _state["path"] = path
+    _state["m"] = m
+    return how
+
+
+def _read_cache(path):
+    """The cached program, or None (missing, or not ours and private)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if (st.st_mode & 0o170000 != 0o100000 or st.st_uid != os.getuid()
+                or st.st_mode & 0o022 or st.st_size > 1 << 20):
+            return None
+        data = os.read(fd, st.st_size + 1)
+    finally:
+        os.close(fd)
+    if data[:4] != b"UKSB" or len(data) < 8:
+        return None
+    n = int.from_bytes(data[4:8], "little")
+    bpf = data[8:8 + n]
+    if n == 0 or n % 8 or len(bpf) != n:
+        return None
+    return bpf
+
+
+def _names_from_cache(path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        n = int.from_bytes(data[4:8], "little")
+        return dict(enumerate(data[8 + n:].decode().split("\n")))
+    except (OSError, ValueError):
+        return {}
+
+
+def _compile(path):
+    """Compile with libseccomp, load it with seccomp_load(), cache the program."""
+    from .sandbox_policy import build_filter
+    f, names = build_filter()
+    r, w = os.pipe()
+    try:
+        class _W:
+            def fileno(self):
+                return w
+        f.export_bpf(_W())
+        os.close(w)
+        w = -1
+        bpf = b""
+        while True:
+            chunk = os.read(r, 65536)
+            if not chunk:
+                break
+            bpf += chunk
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+    global _NAMES
+    _NAMES = names
+    if path:
+        table = "\n".join(names.get(i, "") for i in range(MAX_NR)).encode()
+        _write_cache(path, b"UKSB" + len(bpf).to_bytes(4, "little") + bpf + table)
+    f.load()
+    return bpf, names
+
+
+def _write_cache(path, data) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def _load_bpf(bpf: bytes) -> None:
+    """prctl(PR_SET_NO_NEW_PRIVS) and seccomp(SECCOMP_SET_MODE_FILTER) with libseccomp's
+    compiled program, through the C-level _ctypes (ctypes' own import costs ~1.7 ms)."""
+    import _ctypes
+
+    class c_long(_ctypes._SimpleCData):
+        _type_ = "l"
+
+    class c_char(_ctypes._SimpleCData):
+        _type_ = "c"
+
+    class Syscall(_ctypes.CFuncPtr):
+        _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+        _restype_ = c_long
+        _argtypes_ = (c_long,) * 6
+
+    class Prog(_ctypes.Array):
+        _type_ = c_char
+        _length_ = len(bpf)
+
+    class Fprog(_ctypes.Array):
+        _type_ = c_char
+        _length_ = 16
+
+    syscall = Syscall(_ctypes.dlsym(_ctypes.dlopen(None, 0), "syscall"))
+    prog = Prog.from_buffer_copy(bpf)
+    fprog = Fprog.from_buffer_copy(
+        (len(bpf) // 8).to_bytes(8, "little") + _ctypes.addressof(prog).to_bytes(8, "little"))
+    # SYS_prctl = 157, PR_SET_NO_NEW_PRIVS = 38; SYS_seccomp = 317, SET_MODE_FILTER = 1
+    for args in ((157, 38, 1, 0, 0, 0), (317, 1, 0, _ctypes.addressof(fprog), 0, 0)):
+        if syscall(*args) != 0:
+            e = _ctypes.get_errno()
+            raise OSError(e, os.strerror(e))
+
+
+# --- reports ---------------------------------------------------------------------------
+def refused(exc) -> str:
+    """The name of the syscall the sandbox refused, if exc (or what caused it) is that
+    refusal; else ''."""
+    seen = 0
+    while exc is not None and seen < 8:
+        e = getattr(exc, "errno", None)
+        if isinstance(e, int) and BASE <= e <= BASE + MAX_NR:
+            return _name(e - BASE)
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return ""
+
+
+def _name(nr: int) -> str:
+    global _NAMES
+    if nr == MAX_NR:
+        return "ioctl with a request outside the allowlist (or an unknown syscall)"
+    if _NAMES is None:
+        _NAMES = _names_from_cache(_state["path"]) if _state["path"] else {}
+    return _NAMES.get(nr) or f"syscall {nr}"
+
+
+def describe(exc, where: str):
+    """For a catch site: None if exc is not a sandbox refusal; else report it (once:
+    the syscall's name and the Python stack on stderr and in --log) and return the one
+    line to show in place of the error, e.g. "refused by the sandbox: execve"."""
+    name = refused(exc) if _state["active"] else ""
+    if not name:
+        return None
+    if not getattr(exc, "_ukdbg_reported", False):
+        report(exc, where)
+        try:
+            exc._ukdbg_reported = True
+        except AttributeError:
+            pass
+    return f"refused by the sandbox: {name}"
+
+
+def report(exc, where: str) -> str:
+    """Log a refusal (syscall name, Python stack) on stderr and in --log; returns the
+    one-line summary."""
+    import sys
+    import traceback
+    name = refused(exc)
+    line = f"sandbox refused {name} (in {where}); the guest runs on"
+    stack = "".join(traceback.format_stack()[:-2]) + "".join(
+        traceback.format_tb(exc.__traceback__))
+    try:
+        sys.stderr.write(f"ukdbg: {line}\nukdbg: Python stack of the refused call:\n"
+                         + "".join(f"ukdbg: {ln}\n" for ln in stack.splitlines()))
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    m = _state.get("m")
+    if m is not None and getattr(m, "log", None) is not None:
+        try:
+            from .tender.modules.log import log_event
+            log_event(m, "sandbox", syscall=name, where=where, stack=stack)
+        except Exception:
+            pass
+    return line
