@@ -89,24 +89,28 @@ def test_only_the_tender_touches_kvm():
 
 
 @pytest.mark.kvm
-def test_plain_run_path_loads_only_the_standard_library(app):
-    """`ukdbg run hello` must not load the inspection/debug libraries or heavy stdlib
-    modules: they would cost most of the 8 ms start-up budget (bench/boot.py)."""
+@pytest.mark.parametrize("guest", ["hello", "banner"])
+def test_plain_run_path_loads_only_the_standard_library(app, guest, tmp_path):
+    """`ukdbg run APP` must not load the inspection/debug libraries or heavy stdlib
+    modules: they would cost most of the start-up budget (bench/boot.py). `hello` ends
+    before the control socket's timer fires; `banner` runs past it, so the socket is
+    open (and must still have loaded nothing heavy: json waits for a request)."""
     code = (
         "import sys, os\n"
-        "from ukdbg.cli import main\n"
+        "from ukdbg.tender.run import run_main\n"
         "fd = os.dup(1); nul = os.open(os.devnull, os.O_WRONLY); os.dup2(nul, 1)\n"
         "try:\n"
-        f"    main(['run', {app('hello')!r}])\n"
-        "except SystemExit:\n"
-        "    pass\n"
+        # main() would end `run` with os._exit: call run_main directly instead.
+        f"    run_main([{app(guest)!r}])\n"
         "finally:\n"
         "    os.dup2(fd, 1)\n"
         "print(' '.join(sorted(sys.modules)))\n")
-    # main() ends `run` with os._exit: call run_main directly instead.
-    code = code.replace("main(['run', ", "__import__('ukdbg.tender.run').tender.run.run_main([")
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=ROOT, check=True).stdout.split()
+                         cwd=ROOT, check=True, env=env).stdout.split()
+    if guest == "banner":
+        assert "ukdbg.tender.modules.control" in out
+        assert "ukdbg.tender.modules.control_listener" in out, "the socket did not open"
     heavy = ("rich", "elftools", "capstone", "prompt_toolkit", "pygdbmi", "ctypes", "enum",
              "re", "json", "argparse", "threading", "socket", "dataclasses", "inspect",
              "typing", "pathlib", "asyncio", "logging")

@@ -1,0 +1,276 @@
+"""ukdbg/tender/modules/control_listener.py: the control socket and its connections.
+
+A listening unix socket, <runtime dir>/<pid>.sock (mode 0600), is an events async
+source: a request interrupts KVM_RUN (SIGIO) and is answered on the vCPU thread between
+two exits, so a busy guest still answers and nothing needs a lock. Connections are
+non-blocking. Opened by control.py while the guest runs, so opening must stay cheap
+(issue 12: 1 ms or less): only C-level modules here; the protocol (control_server, with
+json) is imported when the first request line arrives.
+
+What a client can send is bounded here, before any decoding: a line of MAX_LINE bytes,
+MAX_CONNS connections (a new one evicts the least recently active), MAX_OUT bytes of
+unread replies. Other uids are refused (SO_PEERCRED).
+"""
+
+import _socket
+import os
+import sys
+
+from ...control import paths
+
+MAX_LINE = 64 * 1024        # a longer request line ends the connection
+MAX_OUT = 1 << 20           # replies a client does not read, before it is dropped
+MAX_CONNS = 32
+_CHUNK = 65536
+
+
+def _error_line(msg: str) -> bytes:
+    """A reply {"ok": false, "error": msg}, as json.dumps writes it, for the replies
+    sent before the protocol is loaded (msg: ASCII with no quote or backslash)."""
+    return b'{"ok": false, "error": "' + msg.encode() + b'"}\n'
+
+
+def open_control(m):
+    """Open the socket and serve it (on the vCPU thread); m.control is the result."""
+    try:
+        ctl = Control(m)
+    except OSError as e:
+        # A convenience, not a reason to stop the guest.
+        sys.stderr.write(f"ukdbg: control socket disabled: {e}\n")
+        return None
+    m.control = ctl
+    from .. import abi
+    poll = m.hypercalls[abi.HC_POLL]
+    if poll is not None:
+        def polling(m, gpa):
+            ctl.sleeping = True
+            try:
+                return poll(m, gpa)
+            finally:
+                ctl.sleeping = False
+        m.hypercalls[abi.HC_POLL] = polling
+    return ctl
+
+
+class Conn:
+    __slots__ = ("sock", "fd", "inbuf", "outbuf", "eof", "closed", "active")
+
+    def __init__(self, sock, active):
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.inbuf = bytearray()
+        self.outbuf = bytearray()
+        self.eof = False
+        self.closed = False
+        self.active = active          # when it last sent something (a sequence number)
+
+
+class Control:
+    def __init__(self, m):
+        self.m = m
+        self.uid = os.getuid()
+        self.sleeping = False        # the guest is inside the POLL hypercall
+        self.paused = False
+        self.paused_total = 0.0
+        self.cores = []
+        self.conns = {}
+        self.started_wall = None
+        self.proto = None            # control_server, once a request came
+        self._seq = 0
+        d = paths.ensure_runtime_dir()
+        path = paths.socket_path(os.getpid(), d)
+        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
+        try:
+            try:
+                os.unlink(path)        # left by a dead monitor that had our pid
+            except FileNotFoundError:
+                pass
+            old = os.umask(0o177)      # born 0600: no window with wider permissions
+            try:
+                s.bind(path)
+            finally:
+                os.umask(old)
+            try:
+                s.listen(16)
+                s.setblocking(False)
+                m.events.add_source(s.fileno(), self.on_listen)
+            except OSError:
+                os.unlink(path)
+                raise
+        except OSError:
+            s.close()
+            raise
+        self.sock = s
+        self.path = path
+        # `ukdbg run` ends through os._exit after the ending hooks (which remove the
+        # socket); atexit covers the runs that end in an exception instead.
+        import atexit
+        atexit.register(self.close)
+
+    # --- connections ------------------------------------------------------------------------
+    def on_listen(self, m):
+        self._flush_all()
+        while True:
+            try:
+                fd, _ = self.sock._accept()
+            except OSError:             # EAGAIN: all taken; others: try again next time
+                return None
+            sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fd)
+            try:
+                cred = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+            except OSError:
+                sock.close()
+                continue
+            uid = int.from_bytes(cred[4:8], sys.byteorder)      # struct ucred: pid, uid, gid
+            if uid != self.uid:
+                self._refuse(sock, f"permission denied: uid {uid} may not control "
+                             "this unikernel")
+                continue
+            if len(self.conns) >= MAX_CONNS:
+                # The newest client is served: one that connected and went silent (or a
+                # flood of them) must not lock `ukdbg status` out.
+                old = min(self.conns.values(), key=lambda c: c.active)
+                self.send_bytes(old, _error_line(
+                    f"dropped: too many control connections (at most {MAX_CONNS})"))
+                self._drop(old)
+            self._seq += 1
+            c = Conn(sock, self._seq)
+            try:
+                sock.setblocking(False)
+                m.events.add_source(c.fd, lambda m, c=c: self._on_readable(c))
+            except OSError:
+                m.events.remove_source(c.fd)
+                sock.close()
+                continue
+            self.conns[c.fd] = c
+            # A request sent before O_ASYNC was set raised no SIGIO: read it now.
+            stop = self._on_readable(c)
+            if stop is not None:
+                return stop
+
+    def _refuse(self, sock, why: str) -> None:
+        try:
+            sock.setblocking(False)
+            sock.send(_error_line(why))
+        except OSError:
+            pass
+        sock.close()
+
+    def _on_readable(self, c):
+        """Read what c sent, answer each complete line; returns a Stop or None.
+
+        Reads and answers alternate, so the input held stays under MAX_LINE plus one
+        chunk whatever the client sends."""
+        if c.closed:
+            return None
+        self._flush_all()
+        stop = None
+        while stop is None and not c.closed:
+            stop = self._lines(c)
+            if stop is not None or c.closed or c.eof:
+                break
+            try:
+                data = c.sock.recv(_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._drop(c)
+                return None
+            if not data:
+                c.eof = True
+            else:
+                self._seq += 1
+                c.active = self._seq
+                c.inbuf += data
+        if stop is None and not c.closed:
+            stop = self._lines(c)
+        if c.eof and not c.closed and stop is None:
+            self._drop(c)
+        return stop
+
+    def _lines(self, c):
+        """Answer the complete lines in c.inbuf (a Stop ends it early)."""
+        stop = None
+        while not c.closed and stop is None:
+            i = c.inbuf.find(b"\n")
+            if i < 0:
+                if len(c.inbuf) > MAX_LINE:
+                    self.send_bytes(c, _error_line(
+                        f"request line too long (more than {MAX_LINE} bytes)"))
+                    self._drop(c)
+                break
+            if i > MAX_LINE:
+                self.send_bytes(c, _error_line(
+                    f"request line too long (more than {MAX_LINE} bytes)"))
+                self._drop(c)
+                break
+            line = bytes(c.inbuf[:i])
+            del c.inbuf[:i + 1]
+            if line.strip():
+                stop = self._request(c, line)
+        return stop
+
+    def _request(self, c, line):
+        if self.proto is None:
+            from . import control_server
+            self.proto = control_server
+        return self.proto.request(self, c, line)
+
+    def send_bytes(self, c, data: bytes) -> None:
+        if c.closed:
+            return
+        c.outbuf += data
+        self._flush(c)
+
+    def _flush(self, c) -> None:
+        while c.outbuf and not c.closed:
+            try:
+                n = c.sock.send(c.outbuf)
+            except (BlockingIOError, InterruptedError):
+                if len(c.outbuf) > MAX_OUT:
+                    self._drop(c)
+                return
+            except OSError:
+                self._drop(c)
+                return
+            del c.outbuf[:n]
+
+    def _flush_all(self) -> None:
+        for c in list(self.conns.values()):
+            if c.outbuf:
+                self._flush(c)
+
+    def _drop(self, c) -> None:
+        if c.closed:
+            return
+        if c.outbuf:
+            try:
+                c.sock.send(c.outbuf)
+            except OSError:
+                pass
+        c.closed = True
+        self.m.events.remove_source(c.fd)
+        self.conns.pop(c.fd, None)
+        c.sock.close()
+
+    # --- the end ------------------------------------------------------------------------------------
+    def end(self, m, stop) -> None:
+        from ...target import Killed
+        self.close()
+        if isinstance(stop, Killed) and stop.reason == "control" and not m.reported:
+            sys.stderr.write(f"ukdbg: {os.path.basename(m.image.path)}: stopped by a "
+                             "control request (ukdbg stop), guest ended\n")
+            m.reported = True
+
+    def close(self) -> None:
+        for c in list(self.conns.values()):
+            self._drop(c)
+        if self.path is None:
+            return
+        self.m.events.remove_source(self.sock.fileno())
+        self.sock.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        self.path = None
