@@ -121,8 +121,18 @@ def connect(pid: int, timeout: float = TIMEOUT):
         raise ControlError(explain_missing(pid))
     s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     s.settimeout(timeout)
+    deadline = time.monotonic() + timeout
     try:
-        s.connect(path)
+        while True:
+            try:
+                s.connect(path)
+                break
+            except BlockingIOError:
+                # Its backlog is full (a flood of connections): a blocking connect
+                # would wait for room; a socket with a timeout gets EAGAIN instead.
+                if time.monotonic() >= deadline:
+                    raise TimeoutError from None
+                time.sleep(0.005)
     except (ConnectionRefusedError, FileNotFoundError):
         s.close()
         gone = not paths.pid_alive(pid) or _zombie_or_gone(pid)
@@ -138,6 +148,9 @@ def connect(pid: int, timeout: float = TIMEOUT):
         s.close()
         raise ControlError(f"pid {pid} did not accept the connection in {timeout:g} s") \
             from None
+    except OSError as e:
+        s.close()
+        raise ControlError(f"cannot connect to pid {pid}: {e.strerror or e}") from None
     _peer_check(s, pid)
     return s
 

@@ -91,7 +91,7 @@ class Control:
             finally:
                 os.umask(old)
             try:
-                s.listen(16)
+                s.listen(64)
                 s.setblocking(False)
                 m.events.add_source(s.fileno(), self.on_listen)
             except OSError:
@@ -132,7 +132,7 @@ class Control:
                 old = min(self.conns.values(), key=lambda c: c.active)
                 self.send_bytes(old, _error_line(
                     f"dropped: too many control connections (at most {MAX_CONNS})"))
-                self._drop(old)
+                self._drop(old)         # sends what it can of its output first
             self._seq += 1
             c = Conn(sock, self._seq)
             try:
@@ -189,9 +189,12 @@ class Control:
         return stop
 
     def _lines(self, c):
-        """Answer the complete lines in c.inbuf (a Stop ends it early)."""
+        """Answer the complete lines in c.inbuf (a Stop ends it early). The replies go
+        out together at the end (one send for a pipelined batch)."""
         stop = None
         while not c.closed and stop is None:
+            if len(c.outbuf) >= _CHUNK:
+                self.flush(c)
             i = c.inbuf.find(b"\n")
             if i < 0:
                 if len(c.inbuf) > MAX_LINE:
@@ -208,6 +211,7 @@ class Control:
             del c.inbuf[:i + 1]
             if line.strip():
                 stop = self._request(c, line)
+        self.flush(c)
         return stop
 
     def _request(self, c, line):
@@ -217,12 +221,12 @@ class Control:
         return self.proto.request(self, c, line)
 
     def send_bytes(self, c, data: bytes) -> None:
-        if c.closed:
-            return
-        c.outbuf += data
-        self._flush(c)
+        """Queue a reply; it goes out with the next flush (the end of the batch)."""
+        if not c.closed:
+            c.outbuf += data
 
-    def _flush(self, c) -> None:
+    def flush(self, c) -> None:
+        """Send what the client takes; drop it past MAX_OUT unread bytes."""
         while c.outbuf and not c.closed:
             try:
                 n = c.sock.send(c.outbuf)
@@ -238,7 +242,7 @@ class Control:
     def _flush_all(self) -> None:
         for c in list(self.conns.values()):
             if c.outbuf:
-                self._flush(c)
+                self.flush(c)
 
     def _drop(self, c) -> None:
         if c.closed:

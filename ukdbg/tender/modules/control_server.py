@@ -49,7 +49,10 @@ def request(ctl, c, line: bytes):
     if "id" in req:
         reply["id"] = req["id"]
     send(ctl, c, reply)
-    return after() if after is not None else None
+    if after is None:
+        return None
+    ctl.flush(c)                # the reply goes out before a pause holds or a stop ends
+    return after()
 
 
 def send(ctl, c, reply) -> None:
@@ -194,7 +197,7 @@ def validate(req: dict):
     cmd = req["cmd"]
     fields = FIELDS.get(cmd)
     if fields is None:
-        return (f"unknown command '{cmd[:64]}' (known: " + ", ".join(sorted(FIELDS)) + ")")
+        return (f"unknown command {cmd[:64]!r} (known: " + ", ".join(sorted(FIELDS)) + ")")
     for k, v in req.items():
         if k in ("cmd",):
             continue
@@ -205,8 +208,8 @@ def validate(req: dict):
             continue
         check = fields.get(k)
         if check is None:
-            known = ", ".join(sorted(fields)) or "none"
-            return f"{cmd}: unknown field '{k[:64]}' (fields of {cmd}: {known}, and id)"
+            takes = (", ".join(sorted(fields)) + " and id") if fields else "no field but id"
+            return f"{cmd}: unknown field {k[:64]!r} ({cmd} takes {takes})"
         if v is not None:
             err = check(v)
             if err is not None:
