@@ -10,13 +10,15 @@ json) is imported when the first request line arrives.
 What a client can send is bounded here, before any decoding: a line of MAX_LINE bytes,
 MAX_CONNS connections (a new one evicts the least recently active), MAX_OUT bytes of
 unread replies. Other uids are refused (SO_PEERCRED).
+
+Where sockets live (docs/control.md) is defined here too, for the same reason (one
+module to import when the socket opens); ukdbg/control/paths.py re-exports it for the
+clients.
 """
 
 import _socket
 import os
 import sys
-
-from ...control import paths
 
 MAX_LINE = 64 * 1024        # a longer request line ends the connection
 MAX_OUT = 1 << 20           # replies a client does not read, before it is dropped
@@ -24,6 +26,59 @@ MAX_CONNS = 32
 _CHUNK = 65536
 
 
+# --- where control sockets live ---------------------------------------------------------------
+SUFFIX = ".sock"
+
+
+def _owned_dir(path: str, uid: int) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return st.st_uid == uid and (st.st_mode & 0o170000) == 0o040000
+
+
+def runtime_dir(uid=None) -> str:
+    """The directory of this user's control sockets (it may not exist yet)."""
+    uid = os.getuid() if uid is None else uid
+    xdg = os.environ.get("XDG_RUNTIME_DIR", "")
+    if xdg.startswith("/") and _owned_dir(xdg, uid):
+        return os.path.join(xdg, "ukdbg")
+    run = f"/run/user/{uid}"
+    if _owned_dir(run, uid):
+        return os.path.join(run, "ukdbg")
+    return f"/tmp/ukdbg-{uid}"
+
+
+def check_private(path: str, uid=None) -> None:
+    """Raise OSError unless path is a directory (not a symlink) owned by uid
+    and closed to everybody else."""
+    uid = os.getuid() if uid is None else uid
+    st = os.lstat(path)
+    if (st.st_mode & 0o170000) != 0o040000:
+        raise OSError(f"{path} is not a directory")
+    if st.st_uid != uid:
+        raise OSError(f"{path} belongs to uid {st.st_uid}, not {uid}")
+    if st.st_mode & 0o077:
+        raise OSError(f"{path} has mode {st.st_mode & 0o777:04o}, not 0700")
+
+
+def ensure_runtime_dir() -> str:
+    """Create (mode 0700) and check the runtime directory; returns it."""
+    d = runtime_dir()
+    try:
+        os.mkdir(d, 0o700)
+    except FileExistsError:
+        pass
+    check_private(d)
+    return d
+
+
+def socket_path(pid: int, directory=None) -> str:
+    return os.path.join(directory or runtime_dir(), f"{pid}{SUFFIX}")
+
+
+# --- the listener ---------------------------------------------------------------------------------
 def _error_line(msg: str) -> bytes:
     """A reply {"ok": false, "error": msg}, as json.dumps writes it, for the replies
     sent before the protocol is loaded (msg: ASCII with no quote or backslash)."""
@@ -77,8 +132,8 @@ class Control:
         self.started_wall = None
         self.proto = None            # control_server, once a request came
         self._seq = 0
-        d = paths.ensure_runtime_dir()
-        path = paths.socket_path(os.getpid(), d)
+        d = ensure_runtime_dir()
+        path = socket_path(os.getpid(), d)
         s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
         try:
             try:
