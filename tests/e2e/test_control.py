@@ -349,7 +349,7 @@ def as_nobody(*cmd, env=None, caps=()):
                           text=True, env=env, timeout=60)
 
 
-@pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
+@pytest.mark.root       # other users: tests/unit/test_control_protocol.py (uid check)
 def test_other_users_unikernels_are_not_visible_or_reachable(app, rt, monitors, request):
     import sys
     mine = monitors("--mem=8", app("loop"))
