@@ -402,6 +402,28 @@ def test_other_users_unikernels_are_not_visible_or_reachable(app, rt, monitors, 
         theirs.wait()
 
 
+def test_a_monitor_that_cannot_tell_uids_apart_opens_no_socket(app, rt):
+    """In a user namespace that does not map its uid, every other user would look like
+    the owner to SO_PEERCRED: the socket stays closed and the guest runs."""
+    import sys
+    if subprocess.run(["unshare", "-U", "true"], capture_output=True).returncode:
+        pytest.skip("unshare -U is not permitted here")
+    env = dict(os.environ, XDG_RUNTIME_DIR=rt.path)
+    r = subprocess.run(["unshare", "-U", sys.executable, "-m", "ukdbg", "run", "--mem=8",
+                        app("time"), "2"], capture_output=True, text=True, env=env,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert len(time_lines_of(r.stdout)) == 2
+    assert re.search(r"^ukdbg: control socket disabled: uid \d+ is not mapped in this user "
+                     r"namespace, so the monitor could not tell its owner from other "
+                     r"users$", r.stderr, re.M), r.stderr
+    assert not os.path.exists(rt.sockets) or os.listdir(rt.sockets) == []
+
+
+def time_lines_of(text):
+    return re.findall(r"^t=(\d+)$", text, re.M)
+
+
 # --- --log and --console --------------------------------------------------------------------------
 def read_log(path):
     with open(path) as f:

@@ -74,6 +74,22 @@ def ensure_runtime_dir() -> str:
     return d
 
 
+def uid_unmapped(uid: int) -> bool:
+    """True in a user namespace whose uid_map does not map uid (`unshare -U` with no
+    map): the kernel then shows this process and every peer whose uid is not mapped
+    either as the same overflow uid, so SO_PEERCRED cannot tell the owner from others."""
+    try:
+        with open("/proc/self/uid_map", "rb") as f:
+            lines = f.read().split(b"\n")
+    except OSError:
+        return False
+    for ln in lines:
+        parts = ln.split()
+        if len(parts) == 3 and int(parts[0]) <= uid < int(parts[0]) + int(parts[2]):
+            return False
+    return True
+
+
 def socket_path(pid: int, directory=None) -> str:
     return os.path.join(directory or runtime_dir(), f"{pid}{SUFFIX}")
 
@@ -132,6 +148,9 @@ class Control:
         self.started_wall = None
         self.proto = None            # control_server, once a request came
         self._seq = 0
+        if uid_unmapped(self.uid):
+            raise OSError(f"uid {self.uid} is not mapped in this user namespace, so the "
+                          "monitor could not tell its owner from other users")
         d = ensure_runtime_dir()
         path = socket_path(os.getpid(), d)
         s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
