@@ -210,3 +210,36 @@ def test_the_newest_connection_evicts_the_least_active(listener):
     for s, _ in conns:
         s.close()
     new.close()
+
+
+# --- the wire format: json's results, without importing json ------------------------------------
+@settings(max_examples=300, deadline=None)
+@given(JSON)
+def test_wire_matches_json(value):
+    from ukdbg.control import wire
+    assert wire.dumps(value) == json.dumps(value)
+    back = wire.loads(json.dumps(value).encode())
+    assert json.dumps(back) == json.dumps(json.loads(json.dumps(value)))
+
+
+def test_wire_refuses_what_json_refuses():
+    from ukdbg.control import wire
+    for bad in (b"", b"nope", b'{"a": 1} x', b'{"a": }', b"[1,]", b"\xff"):
+        with pytest.raises(ValueError):
+            wire.loads(bad)
+
+
+def test_a_request_and_its_reply_import_no_json_re_or_enum():
+    """The first request must not cost the ~10 ms of json.decoder's regular expressions."""
+    import subprocess
+    import sys
+    code = ("import sys\n"
+            "from ukdbg.tender.modules import control_server as P\n"
+            "req, err = P.decode(b'{\"cmd\": \"status\", \"id\": [1, {\"a\": 1.5}]}')\n"
+            "assert err is None and P.validate(req) == 'bad request (id must be an integer"
+            " or a string)', (req, err)\n"
+            "P.wire.dumps({'ok': False, 'error': 'x', 'n': [1, 2.5, None, True]})\n"
+            "print(' '.join(m for m in ('json', 're', 'enum') if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.split() == []

@@ -16,6 +16,7 @@ import time
 
 from ..errors import UkdbgError, UsageError
 from . import paths
+from .wire import dumps, loads  # noqa: F401 (loads: also the tests' reply parser)
 
 TIMEOUT = 5.0              # seconds to wait for a monitor's reply
 CORE_TIMEOUT = 300.0       # a core of a large guest takes a while
@@ -23,38 +24,6 @@ CORE_TIMEOUT = 300.0       # a core of a large guest takes a while
 
 class ControlError(UkdbgError):
     """A monitor cannot be reached or refused a request."""
-
-
-class _ScanContext:
-    """What _json.make_scanner reads from json.JSONDecoder (all builtins here)."""
-    strict = True
-    object_hook = object_pairs_hook = None
-    parse_float, parse_int, parse_constant = float, int, float
-    memo = {}
-
-
-_scan = None
-
-
-def loads(data: bytes):
-    """json.loads of one reply, with json's own C scanner but without importing
-    json.decoder, whose regular expressions cost `ps` ~4 ms of CPU at start-up."""
-    global _scan
-    if _scan is None:
-        try:
-            import _json
-            _scan = _json.make_scanner(_ScanContext())
-        except (ImportError, AttributeError, TypeError):
-            import json
-            _scan = lambda s, i: (json.loads(s), len(s))     # noqa: E731
-    text = data.decode("utf-8").lstrip(" \t\r\n")
-    try:
-        obj, end = _scan(text, 0)
-    except StopIteration:
-        raise ValueError("not JSON") from None
-    if text[end:].strip():
-        raise ValueError("extra data after the JSON value")
-    return obj
 
 
 # --- finding and reaching a monitor ---------------------------------------------------------
@@ -181,10 +150,9 @@ def request(pid: int, cmd: str, timeout: float = TIMEOUT, keep=False, **fields):
     keep=True returns (reply, socket) with the connection still open."""
     s = connect(pid, timeout)
     try:
-        import json
         req = {"cmd": cmd}
         req.update(fields)
-        s.sendall(json.dumps(req).encode() + b"\n")
+        s.sendall(dumps(req).encode() + b"\n")
         try:
             reply = loads(_read_line(s, pid, timeout))
         except ValueError as e:

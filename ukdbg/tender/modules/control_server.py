@@ -1,17 +1,17 @@
 """ukdbg/tender/modules/control_server.py: the control protocol: requests and their replies.
 
 Imported by the listener (control_listener.py) when the first request line arrives, not
-before: json and what it pulls in (re, enum) cost ~10 ms that a run without requests
-never pays. Each line is checked before it is decoded (nesting depth), decoded with
+before. It does not import json either: control/wire.py encodes and decodes with json's
+C accelerator alone, so even the first request costs no import of re or enum. Each line is checked before it is decoded (nesting depth), decoded with
 every error caught, and each field of the request is validated (type, range, length,
 NUL) before a command runs: a bad request gets {"ok": false, "error": ...} and the
 connection and the guest go on.
 """
 
-import json
 import os
 import time
 
+from ...control import wire
 from .. import abi
 
 PROTOCOL = 1
@@ -44,7 +44,7 @@ def request(ctl, c, line: bytes):
     except Exception as e:      # an error here must not end the guest
         from ...errors import UkdbgError
         msg = str(e) if isinstance(e, UkdbgError) else \
-            f"internal error: {type(e).__name__}: {e}"
+            f"internal error: {type(e).__name__}: {_one_line(e)}"
         reply, after = {"ok": False, "error": msg}, None
     if "id" in req:
         reply["id"] = req["id"]
@@ -56,7 +56,7 @@ def request(ctl, c, line: bytes):
 
 
 def send(ctl, c, reply) -> None:
-    ctl.send_bytes(c, (json.dumps(reply) + "\n").encode())
+    ctl.send_bytes(c, (wire.dumps(reply) + "\n").encode())
 
 
 _BRACKETS = bytes(range(256)).translate(None, b'[]{}"\\')     # all bytes but these
@@ -100,7 +100,7 @@ def decode(line: bytes):
     except UnicodeDecodeError as e:
         return None, f"bad request (not UTF-8: byte {e.start})"
     try:
-        req = json.loads(text)
+        req = wire.loads(text)
     except RecursionError:              # unreachable after nesting(); never fatal
         return None, "bad request (nested too deeply)"
     except ValueError as e:
