@@ -34,7 +34,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUILD = os.path.join(ROOT, "fixtures", "build")
-RUN_PATH_IMPORTS = ("ukdbg.cli", "ukdbg.tender.run", "ukdbg.tender.modules.core",
+RUN_PATH_IMPORTS = ("ukdbg.cli", "ukdbg.run", "ukdbg.tender.modules.core",
                     "ukdbg.tender.traps", "ukdbg.tender.debug")
 GUESTS = {"hello": ["hello.hvt"], "banner": ["banner.hvt"]}
 HEAVY = ("rich", "elftools", "capstone", "prompt_toolkit", "pygdbmi", "ctypes", "enum",
@@ -76,7 +76,7 @@ def tree_env(src):
 
 PHASES_CODE = """
 import os, sys, time
-from ukdbg.tender import run as R
+from ukdbg import run as R
 fd = os.dup(1); nul = os.open(os.devnull, os.O_WRONLY); os.dup2(nul, 1)
 try:
     R.run_main(["--no-control"] + sys.argv[1:])     # warm: what it imports is start-up
@@ -102,7 +102,7 @@ def phases(argv, env, src):
 
 LEAK_CODE = """
 import os, sys
-from ukdbg.tender import run as R
+from ukdbg import run as R
 fd = os.dup(1); nul = os.open(os.devnull, os.O_WRONLY); os.dup2(nul, 1)
 try:
     R.run_main(sys.argv[1:])
@@ -123,7 +123,7 @@ def leaked(argv, env, src):
 
 OPEN_CODE = """
 import os, sys, time
-from ukdbg.tender import run as R
+from ukdbg import run as R
 m = R.prepare(sys.argv[1:])
 try:
     m.events.arm()
