@@ -286,6 +286,7 @@ def test_many_silent_half_and_deaf_clients(guest, rt):
     that behave. The newest always get served; nothing blocks the guest."""
     rnd = random.Random(SEED + 2)
     since = len(ticks(guest))
+    rss0 = rss_kib(guest.pid)
     kept = []
     t0 = time.monotonic()
     kinds = (["silent"] * 40 + ["half"] * 30 + ["deaf"] * 6 + ["deafer"] * 2
@@ -315,12 +316,19 @@ def test_many_silent_half_and_deaf_clients(guest, rt):
                 assert r and r[0]["ok"] is True and r[0]["id"] == i, r
                 s.close()
         assert_healthy(guest, since)
+        # what clients make it hold is bounded: 32 x (64 KiB in + 1 MiB out) at most
+        assert rss_kib(guest.pid) - rss0 < 48 * 1024, (rss0, rss_kib(guest.pid))
     finally:
         for s in kept:
             s.close()
     assert time.monotonic() - t0 < 30
     assert_healthy(guest, since)
     stop_normally(guest, rt)
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"^VmRSS:\s+(\d+) kB", f.read(), re.M).group(1))
 
 
 def test_a_guest_that_ends_by_itself_keeps_its_exit_status(rt):
