@@ -63,30 +63,27 @@ _BRACKETS = bytes(range(256)).translate(None, b'[]{}"\\')     # all bytes but th
 
 
 def nesting(line: bytes) -> int:
-    """How deeply arrays and objects nest in line (brackets inside strings do not
-    count). Cheap: only the bracket, quote and backslash bytes are looked at."""
+    """How deeply arrays and objects nest in line, as json's scanner would recurse
+    (brackets inside strings do not count); a bound when that is enough to accept.
+    String contents are cut out with C-level bytes operations, so only the brackets
+    outside strings are counted one by one, and the count stops past MAX_DEPTH."""
     opened = line.count(b"[") + line.count(b"{")
     if opened <= MAX_DEPTH:
-        return opened                       # a bound of the depth, enough to accept
+        return opened
+    kept = line.translate(None, _BRACKETS)          # only [ ] { } " and backslashes
+    kept = kept.replace(b"\\\\", b"").replace(b'\\"', b"")      # escapes (in strings)
+    outside = b"".join(kept.split(b'"')[::2])       # the parts between strings
+    if outside.count(b"[") + outside.count(b"{") <= MAX_DEPTH:
+        return MAX_DEPTH
     depth = deepest = 0
-    in_str = escaped = False
-    for b in line.translate(None, _BRACKETS):
-        if in_str:
-            if escaped:
-                escaped = False
-            elif b == 92:                   # backslash
-                escaped = True
-            elif b == 34:                   # quote
-                in_str = False
-        elif b == 34:
-            in_str = True
-        elif b == 91 or b == 123:           # [ {
+    for b in outside:
+        if b == 91 or b == 123:                     # [ {
             depth += 1
             if depth > deepest:
                 deepest = depth
                 if deepest > MAX_DEPTH:
                     break
-        elif b == 93 or b == 125:           # ] }
+        elif b == 93 or b == 125:                   # ] }
             depth -= 1
     return deepest
 
