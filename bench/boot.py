@@ -27,6 +27,7 @@ usage: bench/boot.py [-n 20] [--baseline-src DIR]
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -43,10 +44,22 @@ GOAL_OWN = 6.0      # ms, ukdbg's own part per guest (issue 12)
 GOAL_OPEN = 1.0     # ms, opening the control socket
 
 
+CPU = []        # CPU ms (user + system) of each timed() command, in call order
+
+
+def _cpu_children():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return (r.ru_utime + r.ru_stime) * 1000
+
+
 def timed(cmd, env):
+    """Wall ms of cmd; its CPU ms go to CPU (a figure that waiting for a loaded host's
+    CPUs does not inflate)."""
+    c = _cpu_children()
     t = time.perf_counter()
     r = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     dt = (time.perf_counter() - t) * 1000
+    CPU.append(_cpu_children() - c)
     if r.returncode != 0:
         sys.exit(f"{cmd} failed ({r.returncode}): {r.stderr.decode()[-300:]}")
     return dt
@@ -80,12 +93,13 @@ from ukdbg import run as R
 fd = os.dup(1); nul = os.open(os.devnull, os.O_WRONLY); os.dup2(nul, 1)
 try:
     R.run_main(["--no-control"] + sys.argv[1:])     # warm: what it imports is start-up
-    marks = [("start", time.perf_counter())]
+    marks = [("start", time.perf_counter(), time.process_time())]
     R.run_main(["--no-control"] + sys.argv[1:],
-               mark=lambda p: marks.append((p, time.perf_counter())))
+               mark=lambda p: marks.append((p, time.perf_counter(), time.process_time())))
 finally:
     os.dup2(fd, 1); os.close(fd); os.close(nul)
-print(" ".join(f"{p}={(t - marks[i][1]) * 1000}" for i, (p, t) in enumerate(marks[1:])))
+print(" ".join(f"{p}={(t - marks[i][1]) * 1000} {p}_cpu={(c - marks[i][2]) * 1000}"
+               for i, (p, t, c) in enumerate(marks[1:])))
 """
 
 
@@ -128,11 +142,11 @@ m = R.prepare(sys.argv[1:])
 try:
     m.events.arm()
     from ukdbg.tender.modules import control
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     control._open(m)
-    dt = (time.perf_counter() - t) * 1000
+    dt, dc = (time.perf_counter() - t) * 1000, (time.process_time() - c) * 1000
     assert m.control is not None, "the control socket did not open"
-    print(dt)
+    print(dt, dc)
 finally:
     m.close()
 """
@@ -145,7 +159,8 @@ def control_open(argv, env, src):
                        text=True, cwd=src, env=env)
     if r.returncode:
         sys.exit(r.stderr)
-    return float(r.stdout.split()[-1])
+    wall, cpu = r.stdout.split()[-2:]
+    return float(wall), float(cpu)
 
 
 class Tree:
@@ -156,6 +171,7 @@ class Tree:
         self.src = src or ROOT        # the cwd of `python -c`: first on sys.path
         self.env = tree_env(src)
         self.total = {g: [] for g in GUESTS}
+        self.total_cpu = {g: [] for g in GUESTS}
         self.phases = {g: [] for g in GUESTS}
         self.imports = []
         self.open = []
@@ -178,27 +194,31 @@ def measure(trees, n):
         for t in trees:
             for g in GUESTS:
                 timed([ukdbg, "run", *app_argv(g)], t.env)
-    base = []
+    base, base_cpu = [], []
     for _ in range(n):
         base.append(timed([py, "-c", "pass"], base_env))
+        base_cpu.append(CPU[-1])
         for t in trees:
             for g in GUESTS:
                 t.total[g].append(timed([ukdbg, "run", *app_argv(g)], t.env))
+                t.total_cpu[g].append(CPU[-1])
                 t.phases[g].append(phases(app_argv(g), t.env, t.src))
             t.imports.append(timed(imports, t.env))
             t.open.append(control_open(app_argv("banner"), t.env, t.src))
     for t in trees:
         for g in GUESTS:
             t.leaked[g] = leaked(app_argv(g), t.env, t.src)
-    return base, trees
+    return base, base_cpu, trees
 
 
-def report_guest(name, t, base):
+def report_guest(name, t, base, base_cpu):
     """The lines of one guest: total, its parts, and the goal."""
     setup = [p["setup"] for p in t.phases[name]]
     guest = [p["run"] for p in t.phases[name]]
+    guest_cpu = [p["run_cpu"] for p in t.phases[name]]
     # Per run (the three were measured back to back), then the median: drift cancels.
     own = med([a - b - g for a, b, g in zip(t.total[name], base, guest)])
+    own_cpu = med([a - b - g for a, b, g in zip(t.total_cpu[name], base_cpu, guest_cpu)])
     print(f"  {name}:")
     print(f"    total (ukdbg run)       {stats(t.total[name])}")
     print(f"    interpreter start       {med(base):7.2f} ms")
@@ -206,14 +226,17 @@ def report_guest(name, t, base):
     print(f"    ukdbg's own part        {own:7.2f} ms   goal <= {GOAL_OWN:g} ms: "
           f"{'met' if own <= GOAL_OWN else 'NOT met'}")
     print(f"      of which VM set-up    {med(setup):7.2f} ms")
+    print(f"    the same in CPU time    {own_cpu:7.2f} ms   (total {med(t.total_cpu[name]):.2f}, "
+          f"interpreter {med(base_cpu):.2f}, guest run {med(guest_cpu):.2f})")
     return own
 
 
 def report_shared(t, base):
     print(f"  imports of the run path {med(t.imports) - med(base):7.2f} ms")
-    o = med(t.open)
+    o = med([w for w, _ in t.open])
     print(f"  control socket opening  {o:7.2f} ms   goal <= {GOAL_OPEN:g} ms: "
-          f"{'met' if o <= GOAL_OPEN else 'NOT met'}  (fresh interpreter, imports included)")
+          f"{'met' if o <= GOAL_OPEN else 'NOT met'}  (fresh interpreter, imports included;"
+          f" CPU {med([c for _, c in t.open]):.2f} ms)")
     leaked = sorted(set().union(*t.leaked.values()))
     print(f"  non-stdlib or heavy stdlib modules on the run path: {leaked or 'none'}")
 
@@ -227,12 +250,12 @@ def main():
     trees = [Tree("this tree", None)]
     if a.baseline_src:
         trees.insert(0, Tree(f"baseline {a.baseline_src}", os.path.abspath(a.baseline_src)))
-    base, trees = measure(trees, a.n)
+    base, base_cpu, trees = measure(trees, a.n)
     print(f"boot to exit, {a.n} runs each, alternating; python -c pass {stats(base)}")
     for t in trees:
         print(f"{t.label}:")
         for g in GUESTS:
-            report_guest(g, t, base)
+            report_guest(g, t, base, base_cpu)
         report_shared(t, base)
 
 
