@@ -13,7 +13,10 @@ All commands run alternately (this host's timings drift), N times each. Per gues
                       time, plus the monitor's per-hypercall work)
   ukdbg's own part    total - interpreter start - guest run, per round, median:
                       imports, set-up, the control socket, teardown. Goal: <= 6 ms
-and, shared: the run path's imports, the VM set-up, and the cost of opening the control
+ukdbg's own part and the socket's opening are also given in CPU time (user + system, of
+the processes and, for the guest run, of the interpreter that ran it): on a host shared
+with other loads, waiting for a CPU inflates the wall times but not these.
+And, shared: the run path's imports, the VM set-up, and the cost of opening the control
 socket (in a fresh interpreter, imports included). It also checks that the run path,
 the banner guest's included (after the control socket opened), imports nothing outside
 the standard library.
