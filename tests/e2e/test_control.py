@@ -381,6 +381,8 @@ def test_other_users_unikernels_are_not_visible_or_reachable(app, rt, monitors, 
     assert json.loads(r.stdout) == {"ok": False, "error": f"permission denied: uid {NOBODY} "
                                     "may not control this unikernel"}
     assert status(rt, mine.pid)["state"] == "running"
+    assert (f"ukdbg: control socket: refused a connection from uid {NOBODY} (only uid 0 "
+            "may control this unikernel)\n") in mine.stderr()
     # 3. and I do not see theirs: a socket in their runtime directory, served by them
     serve = ("import os,socket,sys,time; d=os.path.join(sys.argv[1],'ukdbg');"
              "os.mkdir(d,0o700); s=socket.socket(socket.AF_UNIX);"

@@ -154,16 +154,21 @@ def client(ctl):
     return s
 
 
-def test_a_peer_of_another_uid_is_refused(listener):
-    listener.uid = os.getuid() + 1          # as a monitor of another user sees us
-    s = client(listener)
-    listener.on_listen(listener.m)
-    assert json.loads(s.recv(4096)) == {
-        "ok": False, "error": f"permission denied: uid {os.getuid()} may not control "
-                              "this unikernel"}
-    assert s.recv(1) == b""                  # and closed
+def test_a_peer_of_another_uid_is_refused(listener, capsys):
+    owner = listener.uid = os.getuid() + 1  # as a monitor of another user sees us
+    for _ in range(3):
+        s = client(listener)
+        listener.on_listen(listener.m)
+        assert json.loads(s.recv(4096)) == {
+            "ok": False, "error": f"permission denied: uid {os.getuid()} may not control "
+                                  "this unikernel"}
+        assert s.recv(1) == b""              # and closed
+        s.close()
     assert listener.conns == {}
-    s.close()
+    # the monitor says so once, not once per connection
+    assert capsys.readouterr().err == (
+        f"ukdbg: control socket: refused a connection from uid {os.getuid()} (only uid "
+        f"{owner} may control this unikernel)\n")
 
 
 def test_the_owner_gets_answers_and_bad_lines_keep_the_connection(listener, tmp_path):

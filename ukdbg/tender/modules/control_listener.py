@@ -147,6 +147,7 @@ class Control:
         self.conns = {}
         self.started_wall = None
         self.proto = None            # control_server, once a request came
+        self.refused = set()         # uids refused so far
         self._seq = 0
         if uid_unmapped(self.uid):
             raise OSError(f"uid {self.uid} is not mapped in this user namespace, so the "
@@ -199,6 +200,7 @@ class Control:
             if uid != self.uid:
                 self._refuse(sock, f"permission denied: uid {uid} may not control "
                              "this unikernel")
+                self._refused(m, uid)
                 continue
             if len(self.conns) >= MAX_CONNS:
                 # The newest client is served: one that connected and went silent (or a
@@ -221,6 +223,17 @@ class Control:
             stop = self._on_readable(c)
             if stop is not None:
                 return stop
+
+    def _refused(self, m, uid: int) -> None:
+        """Say so on stderr, once per uid (a flood must not flood the output), and in
+        the --log file every time."""
+        if uid not in self.refused:
+            self.refused.add(uid)
+            sys.stderr.write(f"ukdbg: control socket: refused a connection from uid {uid} "
+                             f"(only uid {self.uid} may control this unikernel)\n")
+        if getattr(m, "log", None) is not None:
+            from .log import log_event
+            log_event(m, "control-refused", uid=uid)
 
     def _refuse(self, sock, why: str) -> None:
         try:
