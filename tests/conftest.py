@@ -56,13 +56,19 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "kvm: boots real unikernels on /dev/kvm")
     config.addinivalue_line("markers", "gdb: drives the real gdb binary")
     config.addinivalue_line("markers", "lldb: drives the real lldb binary")
+    config.addinivalue_line("markers", "root: acts as a second uid, which needs root; other "
+                            "users skip it, and it is not a KVM skip (a non-root "
+                            "equivalent covers it)")
 
 
 def pytest_collection_modifyitems(config, items):
     no_kvm = pytest.mark.skip(reason="/dev/kvm is not usable here")
     no_gdb = pytest.mark.skip(reason="gdb is not installed")
     no_lldb = pytest.mark.skip(reason="lldb is not installed")
+    not_root = pytest.mark.skip(reason="needs root to act as another uid")
     for item in items:
+        if "root" in item.keywords and os.geteuid() != 0:
+            item.add_marker(not_root)
         if "kvm" in item.keywords and not kvm_usable():
             item.add_marker(no_kvm)
         if "gdb" in item.keywords and not gdb_path():
@@ -75,6 +81,8 @@ _counts = {k: {"passed": 0, "failed": 0, "skipped": 0} for k in ("kvm", "gdb", "
 
 
 def pytest_runtest_logreport(report):
+    if report.skipped and "root" in report.keywords and os.geteuid() != 0:
+        return                  # not applicable to this user, not a skipped KVM test
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
         for k in _counts:
             if k in report.keywords:

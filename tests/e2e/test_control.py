@@ -349,7 +349,7 @@ def as_nobody(*cmd, env=None, caps=()):
                           text=True, env=env, timeout=60)
 
 
-@pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
+@pytest.mark.root       # other users: tests/unit/test_control_protocol.py (uid check)
 def test_other_users_unikernels_are_not_visible_or_reachable(app, rt, monitors, request):
     import sys
     mine = monitors("--mem=8", app("loop"))
@@ -381,6 +381,8 @@ def test_other_users_unikernels_are_not_visible_or_reachable(app, rt, monitors, 
     assert json.loads(r.stdout) == {"ok": False, "error": f"permission denied: uid {NOBODY} "
                                     "may not control this unikernel"}
     assert status(rt, mine.pid)["state"] == "running"
+    assert (f"ukdbg: control socket: refused a connection from uid {NOBODY} (only uid 0 "
+            "may control this unikernel)\n") in mine.stderr()
     # 3. and I do not see theirs: a socket in their runtime directory, served by them
     serve = ("import os,socket,sys,time; d=os.path.join(sys.argv[1],'ukdbg');"
              "os.mkdir(d,0o700); s=socket.socket(socket.AF_UNIX);"
@@ -400,6 +402,28 @@ def test_other_users_unikernels_are_not_visible_or_reachable(app, rt, monitors, 
     finally:
         theirs.kill()
         theirs.wait()
+
+
+def test_a_monitor_that_cannot_tell_uids_apart_opens_no_socket(app, rt):
+    """In a user namespace that does not map its uid, every other user would look like
+    the owner to SO_PEERCRED: the socket stays closed and the guest runs."""
+    import sys
+    if subprocess.run(["unshare", "-U", "true"], capture_output=True).returncode:
+        pytest.skip("unshare -U is not permitted here")
+    env = dict(os.environ, XDG_RUNTIME_DIR=rt.path)
+    r = subprocess.run(["unshare", "-U", sys.executable, "-m", "ukdbg", "run", "--mem=8",
+                        app("time"), "2"], capture_output=True, text=True, env=env,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert len(time_lines_of(r.stdout)) == 2
+    assert re.search(r"^ukdbg: control socket disabled: uid \d+ is not mapped in this user "
+                     r"namespace, so the monitor could not tell its owner from other "
+                     r"users$", r.stderr, re.M), r.stderr
+    assert not os.path.exists(rt.sockets) or os.listdir(rt.sockets) == []
+
+
+def time_lines_of(text):
+    return re.findall(r"^t=(\d+)$", text, re.M)
 
 
 # --- --log and --console --------------------------------------------------------------------------

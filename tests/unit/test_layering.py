@@ -161,23 +161,30 @@ def test_only_the_tender_touches_kvm():
 
 
 @pytest.mark.kvm
-def test_plain_run_path_loads_only_the_standard_library(app):
-    """`ukdbg run hello` must not load the inspection/debug libraries or heavy stdlib
-    modules: they would cost most of the 8 ms start-up budget (bench/boot.py)."""
+@pytest.mark.parametrize("guest", ["hello", "banner"])
+def test_plain_run_path_loads_only_the_standard_library(app, guest, tmp_path):
+    """`ukdbg run APP` must not load the inspection/debug libraries or heavy stdlib
+    modules: they would cost most of the start-up budget (bench/boot.py). `hello` ends
+    before the control socket's timer fires; `banner` runs past it, so the socket is
+    open (and must still have loaded nothing heavy: json waits for a request)."""
+    env = dict(os.environ, XDG_RUNTIME_DIR=str(tmp_path))
     # The sandbox's compiled filter is cached after the first run (ukdbg/sandbox.py):
     # measure the steady state, as every run but the first one sees it.
     subprocess.run([sys.executable, "-m", "ukdbg", "run", app("hello")], cwd=ROOT,
-                   capture_output=True, check=True)
+                   capture_output=True, check=True, env=env)
     # main() ends `run` with os._exit: call run_main directly. The monitor is confined
     # afterwards (no dup2): the module list goes to stderr, the guest's output to null.
     code = (
         "import sys\n"
-        f"__import__('ukdbg.run').run.run_main([{app('hello')!r}])\n"
+        f"__import__('ukdbg.run').run.run_main([{app(guest)!r}])\n"
         "sys.stderr.write('MODULES ' + ' '.join(sorted(sys.modules)) + '\\n')\n")
     err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=ROOT, check=True).stderr
+                         cwd=ROOT, check=True, env=env).stderr
     out = err.split("MODULES ", 1)[1].split()
     assert "ukdbg.sandbox" in out and "pyseccomp" not in out
+    if guest == "banner":
+        assert "ukdbg.tender.modules.control" in out
+        assert "ukdbg.tender.modules.control_listener" in out, "the socket did not open"
     heavy = ("rich", "elftools", "capstone", "prompt_toolkit", "pygdbmi", "ctypes", "enum",
              "re", "json", "argparse", "threading", "socket", "dataclasses", "inspect",
              "typing", "pathlib", "asyncio", "logging")

@@ -16,6 +16,7 @@ import time
 
 from ..errors import UkdbgError, UsageError
 from . import paths
+from .wire import dumps, loads  # noqa: F401 (loads: also the tests' reply parser)
 
 TIMEOUT = 5.0              # seconds to wait for a monitor's reply
 CORE_TIMEOUT = 300.0       # a core of a large guest takes a while
@@ -23,38 +24,6 @@ CORE_TIMEOUT = 300.0       # a core of a large guest takes a while
 
 class ControlError(UkdbgError):
     """A monitor cannot be reached or refused a request."""
-
-
-class _ScanContext:
-    """What _json.make_scanner reads from json.JSONDecoder (all builtins here)."""
-    strict = True
-    object_hook = object_pairs_hook = None
-    parse_float, parse_int, parse_constant = float, int, float
-    memo = {}
-
-
-_scan = None
-
-
-def loads(data: bytes):
-    """json.loads of one reply, with json's own C scanner but without importing
-    json.decoder, whose regular expressions cost `ps` ~4 ms of CPU at start-up."""
-    global _scan
-    if _scan is None:
-        try:
-            import _json
-            _scan = _json.make_scanner(_ScanContext())
-        except (ImportError, AttributeError, TypeError):
-            import json
-            _scan = lambda s, i: (json.loads(s), len(s))     # noqa: E731
-    text = data.decode("utf-8").lstrip(" \t\r\n")
-    try:
-        obj, end = _scan(text, 0)
-    except StopIteration:
-        raise ValueError("not JSON") from None
-    if text[end:].strip():
-        raise ValueError("extra data after the JSON value")
-    return obj
 
 
 # --- finding and reaching a monitor ---------------------------------------------------------
@@ -121,8 +90,18 @@ def connect(pid: int, timeout: float = TIMEOUT):
         raise ControlError(explain_missing(pid))
     s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     s.settimeout(timeout)
+    deadline = time.monotonic() + timeout
     try:
-        s.connect(path)
+        while True:
+            try:
+                s.connect(path)
+                break
+            except BlockingIOError:
+                # Its backlog is full (a flood of connections): a blocking connect
+                # would wait for room; a socket with a timeout gets EAGAIN instead.
+                if time.monotonic() >= deadline:
+                    raise TimeoutError from None
+                time.sleep(0.005)
     except (ConnectionRefusedError, FileNotFoundError):
         s.close()
         gone = not paths.pid_alive(pid) or _zombie_or_gone(pid)
@@ -138,6 +117,9 @@ def connect(pid: int, timeout: float = TIMEOUT):
         s.close()
         raise ControlError(f"pid {pid} did not accept the connection in {timeout:g} s") \
             from None
+    except OSError as e:
+        s.close()
+        raise ControlError(f"cannot connect to pid {pid}: {e.strerror or e}") from None
     _peer_check(s, pid)
     return s
 
@@ -168,10 +150,9 @@ def request(pid: int, cmd: str, timeout: float = TIMEOUT, keep=False, **fields):
     keep=True returns (reply, socket) with the connection still open."""
     s = connect(pid, timeout)
     try:
-        import json
         req = {"cmd": cmd}
         req.update(fields)
-        s.sendall(json.dumps(req).encode() + b"\n")
+        s.sendall(dumps(req).encode() + b"\n")
         try:
             reply = loads(_read_line(s, pid, timeout))
         except ValueError as e:

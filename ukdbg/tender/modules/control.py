@@ -4,7 +4,8 @@ On by default (off with --no-control), so start-up must stay cheap: a one-shot
 ITIMER_REAL timer raises SIGALRM OPEN_AFTER seconds after set-up, and the vCPU thread
 opens the socket then (tender/events.py delivers it between two exits); a guest that
 ends sooner never pays for it. When SIGALRM is taken (--timeout, --core-on ALRM), it
-opens at once.
+opens at once. Opening costs well under 1 ms (control_listener.py imports only C-level
+modules; the protocol and json load with the first request).
 """
 
 import _signal
@@ -36,7 +37,7 @@ _on_alarm.quiet = True      # our own timer: not an event of the guest's history
 
 def _open(m) -> None:
     if m.control is None and not m.control_ended:
-        from .control_server import open_control
+        from .control_listener import open_control
         open_control(m)
 
 
