@@ -146,16 +146,30 @@ class SocketChannel:
             pass
 
 
-def send_all(sock, data) -> None:
-    """sendall for a non-blocking socket; raises ConnectionError when the peer is gone."""
+# A client that takes no output for this long is dropped (see also modules/gdb.py).
+STALL = 5.0
+
+
+def send_all(sock, data, stall: float = STALL) -> None:
+    """sendall for a non-blocking socket; raises ConnectionError when the peer is gone
+    or has taken nothing for `stall` seconds."""
+    import time
     view = memoryview(data)
+    deadline = None
     while view:
         try:
             n = sock.send(view)
         except (BlockingIOError, InterruptedError):
-            select.select([], [sock], [], 5.0)
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + stall
+            elif now >= deadline:
+                raise ConnectionError(f"the client read nothing for {stall:g} s") \
+                    from None
+            select.select([], [sock], [], deadline - now)
             continue
         except OSError as e:
             raise ConnectionError(str(e)) from None
         view = view[n:]
+        deadline = None
 

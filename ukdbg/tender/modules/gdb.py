@@ -48,6 +48,13 @@ class Attach(Interrupted):
 # Spin this long for a client's next packet before sleeping (0 on a single CPU, where
 # the spin would only delay the client).
 SPIN = 0.00025 if len(os.sched_getaffinity(0)) > 1 else 0.0
+# Bounds on what a client can make the monitor hold or wait for (issue 9). gdb waits
+# for each reply (its largest request or reply is ~128 KiB), so only a client that
+# stops reading ever reaches them.
+OUT_MAX = 1 << 20       # unsent reply bytes; beyond, a write waits for the client
+IN_MAX = 1 << 20        # received, unanswered request bytes; beyond, the client is dropped
+STALL = 5.0             # seconds a client may leave replies unread before it is dropped
+LOOK_EVERY = 32         # writes between two looks at signals in a long run of packets
 
 
 class EventsChannel:
@@ -77,6 +84,12 @@ class EventsChannel:
         self._old_wakeup = None
         self._unblocked = False
         self._fast = SPIN > 0             # the client answers within SPIN (see _spin)
+        self.out = bytearray()            # replies the client has not taken yet
+        self._since = 0.0                 # when `out` last shrank (or became non-empty)
+        self._writes = 0
+        self.dropped = None               # why the stub dropped the client, if it did
+        self.ending = False               # the session is ending: no more waiting
+        self._reading = False             # inside read(): events may drain the socket
         if m.events.armed:
             self._old_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
 
@@ -118,7 +131,13 @@ class EventsChannel:
                 self.m.events.post(lambda m: Interrupted())
 
     def _drain(self):
-        while not self.eof:
+        if len(self.buf) >= IN_MAX:
+            # Only a client that keeps sending while nothing is consumed (the guest
+            # runs) gets here: it is dropped rather than buffered without bound.
+            self._drop(f"it sent over {IN_MAX >> 20} MiB of requests without reading "
+                       "the replies", raise_=False)
+            return
+        while not self.eof and len(self.buf) < IN_MAX:
             try:
                 data = self.sock.recv(1 << 18)
             except (BlockingIOError, InterruptedError):
@@ -136,14 +155,29 @@ class EventsChannel:
                 return                    # most likely all there is; poll tells if not
 
     def _readable(self, m):
+        if not self._running and not self._reading:
+            return None                   # a stopped session reads in read(), not here:
+                                          # while it is busy, TCP holds the client back
         self._drain()
         if self._running and (self.ctrl_c or self.eof):
             return Interrupted()
         return None
 
     def read(self) -> bytes:
+        self._reading = True
+        try:
+            return self._read()
+        finally:
+            self._reading = False
+
+    def _read(self) -> bytes:
         ev = self.m.events
         while not self.buf and not self.eof:
+            if self.out:
+                self._flush()
+                if self.out:              # the client is behind: wait for either way
+                    self._wait_io(True)
+                    continue
             if not ev.armed or ev.pending:
                 self._slow_wait()
                 continue
@@ -194,15 +228,114 @@ class EventsChannel:
         _ready, stop = self.m.events.wait((), timeout)     # drains us (a source)
         self._check(stop)
 
-    @staticmethod
-    def _check(stop):
+    def _check(self, stop):
         if isinstance(stop, (Killed, Exited, Crashed)):
+            self.ending = True            # the exit reply is sent without waiting
             raise SessionEnded(stop)
 
+    # --- output: never blocks the monitor (issue 9) -------------------------------------------
     def write(self, data) -> None:
-        send_all(self.sock, data)
+        """Queue data for the client and send what its socket takes now. Only when
+        more than OUT_MAX bytes wait does this wait, serving signals and the other
+        sources meanwhile; a client that takes nothing for STALL s is dropped."""
+        if self.dropped:
+            raise ConnectionError(self.dropped)
+        if self.out:
+            self.out += data
+            self._flush()
+        else:
+            try:
+                n = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as e:
+                raise ConnectionError(str(e)) from None
+            if n < len(data):
+                if self.ending:
+                    return                # best effort: the monitor is going away
+                self.out += memoryview(data)[n:]
+                self._since = time.monotonic()
+        self._writes += 1
+        if self._writes >= LOOK_EVERY:
+            # A long run of pipelined packets must not hold off a SIGTERM or a
+            # control request (both arrive through the wakeup pipe while stopped).
+            self._writes = 0
+            self._look()
+        while len(self.out) > OUT_MAX and not self.ending:
+            self._wait_io(False)
+
+    def _flush(self) -> None:
+        try:
+            n = self.sock.send(self.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self.out.clear()
+            raise ConnectionError(str(e)) from None
+        if n:
+            del self.out[:n]
+            self._since = time.monotonic()
+
+    def _look(self) -> None:
+        if not self.m.events.armed or self.ending:
+            return
+        try:
+            sigs = os.read(self._wake_r, 4096)
+        except BlockingIOError:
+            return
+        self._check(self.m.events.service(list(sigs)))
+
+    def _wait_io(self, readable: bool) -> None:
+        """One wait until the client takes output (or sends, if `readable`), a signal
+        or another source: the slow path of a client that is not reading."""
+        ev = self.m.events
+        left = self._since + STALL - time.monotonic()
+        if left <= 0:
+            self._drop(f"it left {len(self.out)} bytes of replies unread for "
+                       f"{STALL:g} s")
+        p = select.poll()
+        p.register(self.fd, select.POLLOUT | (select.POLLIN if readable else 0))
+        others = [fd for fd in ev.sources if fd != self.fd]
+        for fd in others:
+            p.register(fd, select.POLLIN)
+        if ev.armed:
+            p.register(self._wake_r, select.POLLIN)
+            self._unblock(True)
+        ready = p.poll(int(left * 1000) + 1)
+        other = False
+        for fd, bits in ready:
+            if fd == self.fd:
+                if bits & select.POLLOUT:
+                    self._flush()
+                if bits & (select.POLLHUP | select.POLLERR):
+                    self._flush()         # raises if the connection is gone
+                if readable and bits & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                    self._drain()
+            elif fd != self._wake_r:
+                other = True
+        self._look()
+        if other:
+            self._slow_wait(0)
+        if self.dropped:
+            raise ConnectionError(self.dropped)
+
+    def _drop(self, why: str, raise_=True) -> None:
+        """Give up on the client (the guest and the monitor carry on)."""
+        if not self.dropped:
+            self.dropped = f"gdb: dropped the client: {why}"
+            _warn(self.dropped)
+        self.eof = True
+        self.buf.clear()
+        self.out.clear()
+        if raise_:
+            raise ConnectionError(self.dropped)
 
     def close(self) -> None:
+        if self.out and not self.dropped:
+            try:
+                self.sock.send(self.out)  # a last reply (to `D`), if it fits now
+            except OSError:
+                pass
         self._unblock(False)
         self.m.events.remove_source(self.fd)
         if self._old_wakeup is not None:
@@ -315,7 +448,7 @@ class GdbStub:
             self.shown = dbg.t.stop_reason()
             dbg.detach()
             chan.close()
-            _log(m, "gdb-detach", how=out.kind)
+            _log(m, "gdb-detach", how="dropped" if chan.dropped else out.kind)
         return out
 
 
