@@ -20,7 +20,7 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUN_PATH_IMPORTS = ("ukdbg.cli", "ukdbg.tender.run", "ukdbg.tender.modules.core",
+RUN_PATH_IMPORTS = ("ukdbg.cli", "ukdbg.run", "ukdbg.tender.modules.core",
                     "ukdbg.tender.traps", "ukdbg.tender.debug")
 
 
@@ -41,7 +41,7 @@ def in_process(app, n):
     """Medians of the set-up and guest-run phases, measured inside one interpreter."""
     code = f"""
 import sys, time, os
-from ukdbg.tender import run as R
+from ukdbg import run as R
 res = []
 for i in range({n}):
     marks = [("start", time.perf_counter())]

@@ -22,7 +22,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from ukdbg.tender import run  # noqa: E402
+from ukdbg import run  # noqa: E402
 from ukdbg.tender.modules import dumpcore  # noqa: E402
 
 TARGET_MS = {512: 20.0, 4096: 50.0}
@@ -31,7 +31,7 @@ TARGET_MS = {512: 20.0, 4096: 50.0}
 def crashed_machine(app, mem_mb, core_dir):
     """A Machine whose guest has crashed (the Stop run.finish would get)."""
     m = run.prepare([f"--mem={mem_mb}", "--no-control", "--core-dir", core_dir, app],
-                    only=("modules.core", "traps"), warn=lambda s: None)
+                    only=("tender.modules.core", "tender.traps"), warn=lambda s: None)
     m.events.arm()
     fd = os.dup(1)
     nul = os.open(os.devnull, os.O_WRONLY)

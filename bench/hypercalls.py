@@ -24,7 +24,7 @@ sys.path.insert(0, ROOT)
 
 from ukdbg.kvm.exits import IoOut  # noqa: E402
 from ukdbg.tender import loop  # noqa: E402
-from ukdbg.tender import run as R  # noqa: E402
+from ukdbg import run as R  # noqa: E402
 
 
 def machine(app, n, modules=True):

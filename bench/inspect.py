@@ -25,9 +25,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = """
 import sys
-from ukdbg.tender import run as R
+from ukdbg import run as R
 if sys.argv[1] == "without":
-    R.MODULES = tuple(m for m in R.MODULES if m[0] != "modules.report")
+    R.MODULES = tuple(m for m in R.MODULES if m[0] != "tender.modules.report")
 sys.stdout.flush()
 sys.exit(R.run_main(sys.argv[2:]))
 """

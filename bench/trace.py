@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from ukdbg.tender import loop  # noqa: E402
-from ukdbg.tender import run as R  # noqa: E402
+from ukdbg import run as R  # noqa: E402
 from ukdbg.tender.modules import core  # noqa: E402
 
 MODES = {"off": [], "summary": ["--trace-summary"], "lines": ["--trace=/dev/null"]}

@@ -72,9 +72,9 @@ def core_of(name, mem=MEM):
 def boot(path, *args, mem=MEM, policy="continue"):
     """Run a fixture in-process to its final stop: (Machine, stop). With policy
     'stop' the machine stays at the faulting instruction's trap handler."""
-    from ukdbg.tender import run as R
+    from ukdbg import run as R
     m = R.prepare([f"--mem={mem}", "--no-core", "--no-control", path, *args],
-                  only=[n for n, _ in R.MODULES if n != "modules.report"],
+                  only=[n for n, _ in R.MODULES if n != "tender.modules.report"],
                   warn=lambda s: None)
     import signal
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])

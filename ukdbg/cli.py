@@ -24,7 +24,7 @@ ukdbg --version, ukdbg COMMAND --help
 
 # subcommand -> module under ukdbg/ exposing main(argv) -> int
 COMMANDS = {
-    "run": "tender.run:run_main",
+    "run": "run:run_main",
     "core": "inspect.cli:core_main",
     "ps": "control.client:ps_main",
     "status": "control.client:status_main",

@@ -1,7 +1,7 @@
 """ukdbg/target.py: what a debuggable target is, for a live VM and a core file alike.
 
 The gdb stub, the core writer and the inspector see only this interface: a live VM
-(tender/live_target.py) and a core file (coredump/reader.py) both implement it, and
+(debugger/live_target.py, its read side tender/view.py) and a core file (coredump/reader.py) both implement it, and
 a target advertises optional powers (writing, resuming, breakpoints, watchpoints) by
 returning an object from the matching capability method, else None (the gdbstub
 crate's "IDET" pattern). Stops are small plain classes: they are built on the run

@@ -19,14 +19,14 @@ pytestmark = [pytest.mark.kvm, pytest.mark.gdb]
 
 SCRIPT = r"""
 import json, os, sys
-from ukdbg.tender import run
-from ukdbg.tender.live_target import LiveTarget
+from ukdbg import run
+from ukdbg.debugger.live_target import LiveTarget
 from ukdbg.tender.modules import dumpcore
 from ukdbg.errors import UkdbgError
 
 app, d = sys.argv[1], sys.argv[2]
 m = run.prepare(["--mem=8", "--no-control", "--core-dir", d, app],
-                only=("modules.core", "traps", "modules.dumpcore"), warn=print)
+                only=("tender.modules.core", "tender.traps", "tender.modules.dumpcore"), warn=print)
 image = m.image
 m.events.arm()
 stop = run.drive(m)

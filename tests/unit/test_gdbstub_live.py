@@ -1,4 +1,4 @@
-"""The live debugger (tender/debugger.py, tender/watch.py) over a fake vCPU: both ways a
+"""The live debugger (debugger/debugger.py, debugger/watch.py) over a fake vCPU: both ways a
 planted int3 shows up (KVM_EXIT_DEBUG exception 3 on VMX/SVM, an emulation failure on
 PVM), single-step over a planted breakpoint, hardware breakpoints, and the watchpoint
 decisions for writes, reads and accesses. Guest memory and page tables are real."""
@@ -11,7 +11,7 @@ from ukdbg.kvm.memory import GuestMemory
 from ukdbg.target import Breakpoint, Stepped, Watchpoint
 from ukdbg.tender import boot
 from ukdbg.tender.debug import INT3
-from ukdbg.tender.live_target import LiveTarget
+from ukdbg.debugger.live_target import LiveTarget
 from ukdbg.tender.machine import HANDLED, Machine
 from ukdbg.tender.options import RunOptions
 

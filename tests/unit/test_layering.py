@@ -25,7 +25,14 @@ ALLOWED = {
     "ukdbg.inspect": {"ukdbg.arch", "ukdbg.target", "ukdbg.elf", "ukdbg.coredump",
                       "ukdbg.gdbstub"},
     "ukdbg.control": {"ukdbg.target", "ukdbg.tender"},
+    # Live debugging drives the tender's machine; the tender never reaches back.
+    "ukdbg.debugger": {"ukdbg.kvm", "ukdbg.arch", "ukdbg.target", "ukdbg.elf", "ukdbg.gdbstub",
+                       "ukdbg.tender"},
+    # The composition root (ukdbg run) wires tender and debugger features together.
+    "ukdbg.run": {"ukdbg.target", "ukdbg.tender", "ukdbg.debugger"},
 }
+# Packages that drive the tender: it must never import them, even lazily or by name.
+DRIVERS = ("ukdbg.debugger", "ukdbg.replay")
 
 
 def modules():
@@ -58,9 +65,31 @@ def imports_of(name, path):
 
 def layer(mod):
     parts = mod.split(".")
-    if len(parts) >= 2 and f"ukdbg.{parts[1]}" in ALLOWED:
+    if len(parts) >= 2 and f"ukdbg.{parts[1]}" in ALLOWED | {d: () for d in DRIVERS}:
         return f"ukdbg.{parts[1]}"
     return None
+
+
+def names_in_strings(path):
+    """Dotted ukdbg module names written as string literals (`__import__` tables)."""
+    for node in ast.walk(ast.parse(open(path).read(), path)):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and \
+                node.value.startswith("ukdbg."):
+            yield node.value
+
+
+def layer_graph():
+    """layer -> layers it imports (every import, top-level or lazy)."""
+    graph = {}
+    for name, path in modules():
+        mine = layer(name)
+        if mine is None:
+            continue
+        for imp in imports_of(name, path):
+            other = layer(imp) if imp.startswith("ukdbg") else None
+            if other is not None and other != mine:
+                graph.setdefault(mine, set()).add(other)
+    return graph
 
 
 def test_import_rules():
@@ -80,9 +109,52 @@ def test_import_rules():
     assert not bad, "layering violations:\n" + "\n".join(sorted(set(bad)))
 
 
-def test_only_the_tender_touches_kvm():
+def test_the_tender_never_imports_its_drivers():
+    """tender/ runs the guest; debugger/ (and replay/) drive it. One way only: no
+    import, lazy import or module name in a string from tender to them."""
+    bad = []
     for name, path in modules():
-        if name.startswith(("ukdbg.kvm", "ukdbg.tender")):
+        if not name.startswith("ukdbg.tender"):
+            continue
+        for imp in list(imports_of(name, path)) + list(names_in_strings(path)):
+            if imp.startswith(DRIVERS):
+                bad.append(f"{name} -> {imp}")
+    assert not bad, "the tender reaches back into a driver:\n" + "\n".join(sorted(set(bad)))
+
+
+def test_no_import_cycle_through_the_drivers():
+    """No chain of imports leads from a driver package back into itself (for instance
+    debugger -> tender -> ... -> debugger)."""
+    graph = layer_graph()
+    for start in DRIVERS:
+        seen, todo = set(), list(graph.get(start, ()))
+        while todo:
+            n = todo.pop()
+            assert n != start, f"import cycle through {start}"
+            if n not in seen:
+                seen.add(n)
+                todo.extend(graph.get(n, ()))
+
+
+def test_cycle_check_sees_a_back_import(monkeypatch):
+    """The two checks above fail on the cycle they exist for."""
+    real = imports_of
+
+    def with_back_import(name, path):
+        yield from real(name, path)
+        if name == "ukdbg.tender.endings":
+            yield "ukdbg.debugger.live_target"
+    monkeypatch.setitem(globals(), "imports_of", with_back_import)
+    with pytest.raises(AssertionError, match="cycle through ukdbg.debugger"):
+        test_no_import_cycle_through_the_drivers()
+    with pytest.raises(AssertionError, match="reaches back"):
+        test_the_tender_never_imports_its_drivers()
+
+
+def test_only_the_tender_touches_kvm():
+    """And the debugger, which drives the vCPU (it sees its debug and MMIO exits)."""
+    for name, path in modules():
+        if name.startswith(("ukdbg.kvm", "ukdbg.tender", "ukdbg.debugger")):
             continue
         for imp in imports_of(name, path):
             assert not imp.startswith("ukdbg.kvm"), f"{name} imports {imp}"
@@ -104,7 +176,7 @@ def test_plain_run_path_loads_only_the_standard_library(app):
         "    os.dup2(fd, 1)\n"
         "print(' '.join(sorted(sys.modules)))\n")
     # main() ends `run` with os._exit: call run_main directly instead.
-    code = code.replace("main(['run', ", "__import__('ukdbg.tender.run').tender.run.run_main([")
+    code = code.replace("main(['run', ", "__import__('ukdbg.run').run.run_main([")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, check=True).stdout.split()
     heavy = ("rich", "elftools", "capstone", "prompt_toolkit", "pygdbmi", "ctypes", "enum",

@@ -1,7 +1,7 @@
 """ukdbg/gdbstub/transport.py: listeners (TCP `[HOST:]PORT`, `unix:PATH`) and the byte
 channel a session reads and writes (a plain blocking one for targets that never run;
 the live VM's channel, which waits through the monitor's event loop, is in
-tender/modules/gdb.py)."""
+debugger/gdb.py)."""
 
 import os
 import select
@@ -107,7 +107,7 @@ def _is_stale_socket(path: str) -> bool:
         s.close()
 
 
-# What a second client gets (modules/gdb.py): gdb shows "Remote failure reply: ...".
+# What a second client gets (debugger/gdb.py): gdb shows "Remote failure reply: ...".
 REFUSAL = b"$E.another debugger is already attached to this unikernel#"
 
 

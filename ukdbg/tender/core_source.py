@@ -17,9 +17,9 @@ def build_source(m, stop=None):
     from ..coredump import format as F
     from ..coredump.writer import CoreSource
     from ..target import SIGINT, Crashed, Killed
-    from .live_target import LiveTarget
+    from .view import MachineView
 
-    t = getattr(m, "live_target", None) or LiveTarget(m)
+    t = getattr(m, "live_target", None) or MachineView(m)
     if hasattr(t, "invalidate"):
         t.invalidate()
     src = CoreSource()

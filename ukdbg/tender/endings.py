@@ -72,12 +72,12 @@ def _before_mmio_write(m, rip):
     try:
         from capstone import CS_ARCH_X86, CS_MODE_64, Cs
         from ..arch.x86_64 import Regs
-        from .live_target import LiveTarget
+        from .view import MachineView
         hit = m.image.elf.symbolize(rip)
         start = hit[0].value if hit and hit[1] < 0x4000 else None
         if start is None or rip <= start:
             return rip, None
-        code = LiveTarget(m).read_memory(start, rip - start)
+        code = MachineView(m).read_memory(start, rip - start)
         prev = None
         for addr, size, _mn, _ops in Cs(CS_ARCH_X86, CS_MODE_64).disasm_lite(code, start):
             if addr + size == rip:

@@ -347,10 +347,14 @@ class Control:
         self.path = None
 
 
-def optional_module(name):
-    """ukdbg.tender.modules.<name>, or None while that module does not exist."""
+def optional_module(m, name):
+    """The feature module the composition root (ukdbg/run.py) named for `name` in
+    m.features, or None while it does not exist. By name: the tender never imports
+    the debugger."""
     import sys
-    full = f"{__package__}.{name}"
+    full = getattr(m, "features", {}).get(name)
+    if full is None:
+        return None
     try:
         __import__(full)
     except ModuleNotFoundError as e:
@@ -389,7 +393,7 @@ def _core(ctl, req):
     path = req.get("path")
     if path is not None and not (isinstance(path, str) and path.startswith("/")):
         return {"ok": False, "error": "core: path must be an absolute path"}, None
-    dumpcore = optional_module("dumpcore")
+    dumpcore = optional_module(ctl.m, "dumpcore")
     if dumpcore is None:
         return {"ok": False, "error": "live cores are not available in this ukdbg "
                 "(ukdbg.tender.modules.dumpcore is missing)"}, None
@@ -407,10 +411,10 @@ def _gdb(ctl, req):
     want = req.get("address") or "127.0.0.1:0"
     if not isinstance(want, str):
         return {"ok": False, "error": "gdb: address must be a string"}, None
-    gdb = optional_module("gdb")
+    gdb = optional_module(m, "gdb")
     if gdb is None:
         return {"ok": False, "error": "the gdb stub is not available in this ukdbg "
-                "(ukdbg.tender.modules.gdb is missing)"}, None
+                "(ukdbg.debugger.gdb is missing)"}, None
     try:
         addr = gdb.start_server(m, want)
     except OSError as e:

@@ -39,8 +39,8 @@ def session_of(m, stop):
     from ...inspect.session import Facts, Session
     from ...inspect.symbols import Symbols
     from ..abi import HC_NAMES
-    from ..live_target import LiveTarget
-    t = LiveTarget(m)
+    from ..view import MachineView
+    t = MachineView(m)
     t.set_stop(stop)
     target = t if stop.regs is None else _AtFault(t, stop.regs)
     facts = Facts.from_stop(

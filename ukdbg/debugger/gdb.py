@@ -1,4 +1,4 @@
-"""ukdbg/tender/modules/gdb.py: `--gdb [HOST:]PORT|unix:PATH`, `--gdb-wait`, `--gdb-on-crash`.
+"""ukdbg/debugger/gdb.py: `--gdb [HOST:]PORT|unix:PATH`, `--gdb-wait`, `--gdb-on-crash`.
 
 The vCPU thread serves gdb; there are no extra threads. The listening socket is an
 events async source, so a client may attach at any time: its arrival ends KVM_RUN (or
@@ -15,11 +15,11 @@ import signal
 import sys
 import time
 
-from ...errors import UkdbgError
-from ...gdbstub.server import GdbServer, Outcome, SessionEnded, is_terminal
-from ...gdbstub.transport import Listener, send_all
-from ...target import Crashed, Exited, Interrupted, Killed, Stepped
-from .. import loop
+from ..errors import UkdbgError
+from ..gdbstub.server import GdbServer, Outcome, SessionEnded, is_terminal
+from ..gdbstub.transport import Listener, send_all
+from ..target import Crashed, Exited, Interrupted, Killed, Stepped
+from ..tender import loop
 
 
 def _warn(msg: str) -> None:
@@ -30,7 +30,7 @@ def _warn(msg: str) -> None:
 def _log(m, kind, **fields):
     if getattr(m, "log", None) is not None:
         try:
-            from .log import log_event
+            from ..tender.modules.log import log_event
         except ImportError:
             return
         log_event(m, kind, **fields)
@@ -38,7 +38,7 @@ def _log(m, kind, **fields):
 
 class Attach(Interrupted):
     """loop.run's answer to a new gdb connection; `handoff` hands the machine to the
-    gdb driver (tender/run.py drive)."""
+    gdb driver (ukdbg/run.py drive)."""
     __slots__ = ("handoff",)
 
     def __init__(self):
@@ -353,7 +353,7 @@ class GdbStub:
     """The listener of one machine and its (at most one) session."""
 
     def __init__(self, m, address: str):
-        from ..live_target import LiveTarget
+        from .live_target import LiveTarget
         self.m = m
         self.listener = Listener(address)
         self.address = self.listener.address
@@ -386,8 +386,8 @@ class GdbStub:
     def _refuse(self, conn):
         """A second client gets an error reply to its first packet, then EOF; without
         blocking the guest (the refusal is an async source of its own)."""
-        from ...gdbstub.transport import REFUSAL
-        from ...gdbstub.packets import checksum
+        from ..gdbstub.transport import REFUSAL
+        from ..gdbstub.packets import checksum
         body = REFUSAL[1:-1]
         pkt = b"+$" + body + b"#%02x" % checksum(body)
         fd = conn.fileno()

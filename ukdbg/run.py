@@ -1,37 +1,43 @@
-"""ukdbg/tender/run.py: `ukdbg run`: options -> image -> machine -> modules -> loop -> ending.
+"""ukdbg/run.py: `ukdbg run`: options -> image -> machine -> modules -> loop -> ending.
 
-The one place where a run's pieces are wired together. Feature modules are imported
-only when their option is given, so the plain run path loads nothing but the standard
+The composition root: the one place where a run's pieces are wired together, from
+the tender (which runs the guest) and the debugger (which drives it). It sits above
+both, so neither imports the other's way back. Feature modules are imported only
+when their option is given, so the plain run path loads nothing but the standard
 library's C-level modules (measured in bench/boot.py).
 """
 
 import os
 import sys
 
-from ..errors import UkdbgError
-from . import endings, loop, options
-from .loader import read_image
-from .machine import adjust_mem_size, build_machine, check_devices_attached, write_boot_info
+from .errors import UkdbgError
+from .tender import endings, loop, options
+from .tender.loader import read_image
+from .tender.machine import adjust_mem_size, build_machine, check_devices_attached, write_boot_info
 
-# (module under tender/modules or tender/, enabled?) in setup order. Hypercall
-# modules first (devices must be attached before the boot info is written).
+# (module under ukdbg/, enabled?) in setup order. Hypercall modules first (devices
+# must be attached before the boot info is written).
 MODULES = (
-    ("modules.core", lambda o: True),
-    ("modules.block", lambda o: bool(o.blocks)),
-    ("modules.net", lambda o: bool(o.nets)),
-    ("traps", lambda o: True),
+    ("tender.modules.core", lambda o: True),
+    ("tender.modules.block", lambda o: bool(o.blocks)),
+    ("tender.modules.net", lambda o: bool(o.nets)),
+    ("tender.traps", lambda o: True),
     # issue 4: cores (its ending hook must run first: it sets m.core_path)
-    ("modules.dumpcore", lambda o: not o.no_core or bool(o.core_on)),
+    ("tender.modules.dumpcore", lambda o: not o.no_core or bool(o.core_on)),
     # issue 5: the crash report (after dumpcore: it prints m.core_path)
-    ("modules.report", lambda o: True),
+    ("tender.modules.report", lambda o: True),
     # issue 3: the gdb stub (after report: --gdb-on-crash holds the guest after it)
-    ("modules.gdb", lambda o: bool(o.gdb or o.gdb_on_crash)),
+    ("debugger.gdb", lambda o: bool(o.gdb or o.gdb_on_crash)),
     # issue 6: management (after the hypercall modules: they wrap table entries)
-    ("modules.trace", lambda o: bool(o.trace or o.trace_summary)),
-    ("modules.timeout", lambda o: bool(o.timeout)),
-    ("modules.log", lambda o: bool(o.log or o.console)),
-    ("modules.control", lambda o: o.control),
+    ("tender.modules.trace", lambda o: bool(o.trace or o.trace_summary)),
+    ("tender.modules.timeout", lambda o: bool(o.timeout)),
+    ("tender.modules.log", lambda o: bool(o.log or o.console)),
+    ("tender.modules.control", lambda o: o.control),
 )
+
+# Features a running guest may load later (the control socket's `core` and `gdb`):
+# the tender finds them here, through m.features, never by importing the debugger.
+FEATURES = {"dumpcore": "ukdbg.tender.modules.dumpcore", "gdb": "ukdbg.debugger.gdb"}
 
 
 def warn(msg: str) -> None:
@@ -53,6 +59,7 @@ def prepare(argv: list, only=None, warn=warn):
     opts.mem_size = adjust_mem_size(opts.mem_mb, warn)
     m = build_machine(image, opts, warn)
     m.argv = ["ukdbg", "run"] + list(argv)
+    m.features = FEATURES
     try:
         for name, enabled in MODULES:
             if enabled(opts) and (only is None or name in only):
@@ -97,7 +104,7 @@ def drive(m):
 
 def finish(m, stop) -> int:
     """Ending hooks (cores, reports), the one-line diagnosis, the exit status."""
-    from ..target import Crashed, Exited, Killed
+    from .target import Crashed, Exited, Killed
     if isinstance(stop, Crashed) and stop.regs is None and m.fault is not None:
         stop.regs = m.fault.regs
     m.final_stop = stop
@@ -111,7 +118,7 @@ def finish(m, stop) -> int:
         if isinstance(stop, Crashed):
             warn(f"{os.path.basename(m.image.path)}: {stop.message}")
         elif isinstance(stop, Killed):
-            from ..target import SIGNAL_NAMES
+            from .target import SIGNAL_NAMES
             what = "--timeout expired" if stop.reason == "timeout" else \
                 f"received {SIGNAL_NAMES.get(stop.signal, stop.signal)}"
             warn(f"{os.path.basename(m.image.path)}: {what}, guest stopped")

@@ -1,4 +1,4 @@
-"""ukdbg/tender/debugger.py: LiveDebugger, the debugger powers of a LiveTarget: writing
+"""ukdbg/debugger/debugger.py: LiveDebugger, the debugger powers of a LiveTarget: writing
 registers and memory, resume/step/interrupt/kill, breakpoints and watchpoints.
 
 It implements the Writable, Resumable, Breakpoints and Watchpoints capabilities of
@@ -14,8 +14,8 @@ import errno
 from ..errors import TargetError
 from ..kvm.exits import Mmio
 from ..target import Breakpoint, Crashed, Exited, Interrupted, Killed, SIGKILL, Stepped
-from . import loop
-from .machine import HANDLED
+from ..tender import loop
+from ..tender.machine import HANDLED
 from .watch import Watchpoints
 
 OWNER = "gdb"

@@ -1,8 +1,9 @@
-"""ukdbg/tender/live_target.py: LiveTarget, the target.Target of a running Machine.
+"""ukdbg/tender/view.py: MachineView, the read side of a running Machine as a target.Target.
 
-The read side (registers, FPU, guest-virtual memory through the guest's page tables,
-memory map) is what the gdb stub, live core dumps and the crash report share. Debugger
-powers (writing, resuming, breakpoints, watchpoints) are capabilities on top.
+Registers, FPU, guest-virtual memory through the guest's page tables, the memory map:
+what cores, the crash report and the endings' diagnosis read. It has no capabilities
+(a core-like, read-only Target); the live debugger's LiveTarget (ukdbg/debugger/
+live_target.py) adds writing, resuming, breakpoints and watchpoints on top.
 
 When the vCPU sits at a guest exception handler caught by tender/traps.py, the
 registers shown are those *of the faulting instruction* (`fault_view`), as a debugger
@@ -18,7 +19,7 @@ from ..target import MemoryRegion
 PAGE = 4096
 
 
-class LiveTarget:
+class MachineView:
     def __init__(self, m):
         self.m = m
         self.fault_view = None        # a traps.FaultContext while stopped at a fault
@@ -63,23 +64,6 @@ class LiveTarget:
         if self.m.caps.get("xsave"):
             return Fpu.from_fxsave(self.m.vcpu.get_xsave()[:512])
         return Fpu.from_kvm(self.m.vcpu.get_fpu())
-
-    def write_fpu_state(self, fpu) -> None:
-        """Store x87/SSE state. Through XSAVE when KVM has it: on this PVM host
-        KVM_GET_FPU reports MXCSR 0 and KVM_SET_FPU leaves XSTATE_BV alone (so the guest
-        may not get it back); an XSAVE write with the x87+SSE bits set in XSTATE_BV
-        does stick (tests/kvm/test_kvm_layer.py)."""
-        if self.m.caps.get("xsave"):
-            area = bytearray(self.m.vcpu.get_xsave())
-            area[0:512] = fpu.to_fxsave()
-            bv = int.from_bytes(area[512:520], "little") | 3
-            area[512:520] = bv.to_bytes(8, "little")
-            self.m.vcpu.set_xsave(bytes(area))
-            return
-        from ..kvm import uapi
-        k = uapi.kvm_fpu()
-        fpu.to_kvm(k)
-        self.m.vcpu.set_fpu(k)
 
     def read_xsave(self):
         """(xsave area bytes, xcr0) or None when KVM has no XSAVE."""
@@ -172,7 +156,7 @@ class LiveTarget:
     def info(self) -> dict:
         """Monitor facts for `monitor info`, reports and cores."""
         import time
-        from ..tender import abi
+        from . import abi
         m = self.m
         return {
             "app": m.image.path,
@@ -192,26 +176,18 @@ class LiveTarget:
             "caps": dict(m.caps),
         }
 
-    # --- capabilities (issue 3): the powers live in tender/debugger.py ------------------
-    def debugger(self):
-        """The LiveDebugger of this target (created on first use)."""
-        d = getattr(self, "_debugger", None)
-        if d is None:
-            from .debugger import LiveDebugger
-            d = self._debugger = LiveDebugger(self)
-        return d
-
+    # --- capabilities: none (ukdbg/debugger/live_target.py adds them) ----------------
     def writable(self):
-        return self.debugger()
+        return None
 
     def resumable(self):
-        return self.debugger() if self.m.caps.get("guest_debug") else None
+        return None
 
     def breakpoints(self):
-        return self.debugger() if self.m.caps.get("guest_debug") else None
+        return None
 
     def watchpoints(self):
-        return self.debugger()
+        return None
 
     # --- for `monitor` commands ----------------------------------------------------------
     def system_state(self) -> dict:

@@ -1,4 +1,4 @@
-"""ukdbg/tender/watch.py: data watchpoints of any size and count, without debug registers.
+"""ukdbg/debugger/watch.py: data watchpoints of any size and count, without debug registers.
 
 Debug-register data watchpoints never fire on PVM hosts (platform.md) and are limited to
 four of at most 8 bytes everywhere, so both KVM kinds use the memslots instead: a page
@@ -19,7 +19,7 @@ MMIO). Such watchpoints are refused.
 from ..arch import mmu
 from ..kvm.exits import Mmio
 from ..target import Watchpoint
-from .machine import HANDLED
+from ..tender.machine import HANDLED
 
 PAGE = 4096
 KINDS = ("watch", "rwatch", "awatch")

@@ -1,0 +1,48 @@
+"""ukdbg/debugger/live_target.py: LiveTarget, the target.Target of a Machine under a debugger.
+
+The read side is the tender's MachineView (what cores and reports see); the debugger
+powers (writing, resuming, breakpoints, watchpoints) are capabilities on top, served
+by debugger.py's LiveDebugger.
+"""
+
+from ..tender.view import MachineView
+
+
+class LiveTarget(MachineView):
+    def write_fpu_state(self, fpu) -> None:
+        """Store x87/SSE state. Through XSAVE when KVM has it: on this PVM host
+        KVM_GET_FPU reports MXCSR 0 and KVM_SET_FPU leaves XSTATE_BV alone (so the guest
+        may not get it back); an XSAVE write with the x87+SSE bits set in XSTATE_BV
+        does stick (tests/kvm/test_kvm_layer.py)."""
+        if self.m.caps.get("xsave"):
+            area = bytearray(self.m.vcpu.get_xsave())
+            area[0:512] = fpu.to_fxsave()
+            bv = int.from_bytes(area[512:520], "little") | 3
+            area[512:520] = bv.to_bytes(8, "little")
+            self.m.vcpu.set_xsave(bytes(area))
+            return
+        from ..kvm import uapi
+        k = uapi.kvm_fpu()
+        fpu.to_kvm(k)
+        self.m.vcpu.set_fpu(k)
+
+    # --- capabilities (issue 3): the powers live in debugger.py ---------------------------
+    def debugger(self):
+        """The LiveDebugger of this target (created on first use)."""
+        d = getattr(self, "_debugger", None)
+        if d is None:
+            from .debugger import LiveDebugger
+            d = self._debugger = LiveDebugger(self)
+        return d
+
+    def writable(self):
+        return self.debugger()
+
+    def resumable(self):
+        return self.debugger() if self.m.caps.get("guest_debug") else None
+
+    def breakpoints(self):
+        return self.debugger() if self.m.caps.get("guest_debug") else None
+
+    def watchpoints(self):
+        return self.debugger()
