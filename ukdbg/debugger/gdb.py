@@ -355,11 +355,17 @@ class GdbStub:
     def __init__(self, m, address: str):
         from .live_target import LiveTarget
         self.m = m
-        self.listener = Listener(address)
+        allow = bool(getattr(m.opts, "gdb_allow_remote", False))
+        self.listener = Listener(address, allow_remote=allow, refused=self._refused)
         self.address = self.listener.address
+        if self.listener.remote:
+            _warn(f"gdb: WARNING: the stub listens on {self.address}, which is not a "
+                  "loopback address: anyone who can reach it can read and write guest "
+                  "memory, and write cores in --core-dir (the protocol has no "
+                  "authentication)")
         self.target = getattr(m, "live_target", None) or LiveTarget(m)
         m.live_target = self.target
-        self.pending = None           # an accepted connection not yet served
+        self.pending = None           # (socket, Peer) accepted, not yet served
         self.session = None           # the channel of the session being served
         self.shown = None             # the last stop a session showed (crash shown)
         self.refusing = set()
@@ -374,14 +380,20 @@ class GdbStub:
         return f"gdb {os.path.abspath(self.m.image.path)} -ex 'target remote {where}'"
 
     def _on_connect(self, m):
-        conn = self.listener.accept()
-        if conn is None:
+        got = self.listener.accept()
+        if got is None:
             return None
         if self.session is not None or self.pending is not None:
-            self._refuse(conn)
+            self._refuse(got[0])
             return None
-        self.pending = conn
+        self.pending = got
         return Attach()
+
+    def _refused(self, msg):
+        """A peer the listener turned away (not the monitor's uid): one line on
+        stderr and in the log."""
+        _warn(msg)
+        _log(self.m, "gdb-refused", reason=msg)
 
     def _refuse(self, conn):
         """A second client gets an error reply to its first packet, then EOF; without
@@ -391,6 +403,10 @@ class GdbStub:
         body = REFUSAL[1:-1]
         pkt = b"+$" + body + b"#%02x" % checksum(body)
         fd = conn.fileno()
+        while len(self.refusing) >= 4:        # many idle connections cost no more fds
+            old = self.refusing.pop()
+            self.m.events.remove_source(old.fileno())
+            old.close()
         self.refusing.add(conn)
         _warn("gdb: refused a second client (one debugger at a time)")
 
@@ -406,9 +422,10 @@ class GdbStub:
                     send_all(conn, pkt)
             except ConnectionError:
                 pass
-            m.events.remove_source(fd)
-            self.refusing.discard(conn)
-            conn.close()
+            if conn in self.refusing:
+                m.events.remove_source(fd)
+                self.refusing.discard(conn)
+                conn.close()
             return None
         m = self.m
         m.events.add_source(fd, readable)
@@ -425,7 +442,7 @@ class GdbStub:
     def serve(self, stop) -> Outcome:
         """Serve the pending connection, starting from `stop` (what `?` answers)."""
         m = self.m
-        conn, self.pending = self.pending, None
+        (conn, peer), self.pending = self.pending, None
         chan = EventsChannel(m, conn)
         self.session = chan
         dbg = self.target.debugger()
@@ -436,7 +453,7 @@ class GdbStub:
         _log(m, "gdb-attach", address=self.address)
         out = Outcome("disconnect")
         try:
-            out = GdbServer(self.target, chan, log=_warn).serve(stop)
+            out = GdbServer(self.target, chan, log=_warn, owner=peer.owner).serve(stop)
         except UkdbgError as e:
             _warn(f"gdb session ended: {e}")
         except Exception as e:          # a bug in the stub: keep the guest alive
@@ -481,7 +498,7 @@ def drive(m):
             return stop
 
 
-def start_server(m, address: str = "127.0.0.1:0") -> str:
+def start_server(m, address: str) -> str:
     """Start the stub on a running machine (attach at any time); returns the address
     it listens on ("HOST:PORT" or "unix:PATH")."""
     stub = getattr(m, "gdb", None)
