@@ -12,6 +12,7 @@ import fcntl
 import os
 import select
 import signal
+import socket
 import sys
 import time
 
@@ -383,7 +384,12 @@ class GdbStub:
         got = self.listener.accept()
         if got is None:
             return None
+        if got[1].refused:
+            from ..gdbstub.transport import refusal
+            self._refuse(got[0], refusal(got[1]))
+            return None
         if self.session is not None or self.pending is not None:
+            _warn("gdb: refused a second client (one debugger at a time)")
             self._refuse(got[0])
             return None
         self.pending = got
@@ -395,12 +401,12 @@ class GdbStub:
         _warn(msg)
         _log(self.m, "gdb-refused", reason=msg)
 
-    def _refuse(self, conn):
-        """A second client gets an error reply to its first packet, then EOF; without
+    def _refuse(self, conn, body=None):
+        """A refused client gets an error reply to its first packet, then EOF; without
         blocking the guest (the refusal is an async source of its own)."""
         from ..gdbstub.transport import REFUSAL
         from ..gdbstub.packets import checksum
-        body = REFUSAL[1:-1]
+        body = body or REFUSAL[1:-1]
         pkt = b"+$" + body + b"#%02x" % checksum(body)
         fd = conn.fileno()
         while len(self.refusing) >= 4:        # many idle connections cost no more fds
@@ -408,7 +414,6 @@ class GdbStub:
             self.m.events.remove_source(old.fileno())
             old.close()
         self.refusing.add(conn)
-        _warn("gdb: refused a second client (one debugger at a time)")
 
         def readable(m, conn=conn):
             try:
@@ -419,8 +424,9 @@ class GdbStub:
                 data = b""
             try:
                 if data:
-                    send_all(conn, pkt)
-            except ConnectionError:
+                    send_all(conn, pkt, stall=0.5)
+                    conn.shutdown(socket.SHUT_WR)
+            except (ConnectionError, OSError):
                 pass
             if conn in self.refusing:
                 m.events.remove_source(fd)

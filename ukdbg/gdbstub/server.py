@@ -621,6 +621,10 @@ def serve_target(target, address: str, announce=None) -> int:
             if got is None:
                 continue
             conn, peer = got
+            if peer.refused:
+                from .transport import refusal, refuse_now
+                refuse_now(conn, refusal(peer))
+                continue
             chan = SocketChannel(conn)
             try:
                 stop = target.stop_reason() if hasattr(target, "stop_reason") else None

@@ -42,12 +42,13 @@ class Peer:
     """Who is at the other end of an accepted connection. owner: its uid is the
     monitor's (checked: SO_PEERCRED, or /proc/net/tcp for TCP); a remote peer (only
     with allow_remote) is never the owner."""
-    __slots__ = ("uid", "owner", "where")
+    __slots__ = ("uid", "owner", "where", "refused")
 
     def __init__(self, uid, owner, where):
         self.uid = uid
         self.owner = owner
         self.where = where
+        self.refused = None           # why this peer may not use the stub
 
     def __repr__(self):
         return f"Peer(uid={self.uid}, owner={self.owner}, {self.where})"
@@ -120,8 +121,9 @@ class Listener:
         return self.sock.fileno()
 
     def accept(self):
-        """(connected socket (TCP_NODELAY, blocking off), Peer), or None (nothing
-        there, or a peer that was refused)."""
+        """(connected socket (TCP_NODELAY, blocking off), Peer), or None. A peer that
+        may not use the stub has `refused` set (and was reported through refused()):
+        the caller answers its first packet with refusal(peer) and closes."""
         try:
             conn, addr = self.sock.accept()
         except (BlockingIOError, InterruptedError):
@@ -133,14 +135,9 @@ class Listener:
         conn.setblocking(False)
         peer, why = self.check_peer(conn)
         if peer is None:
+            peer = Peer(None, False, why)
+            peer.refused = why
             self.refused(f"gdb: refused a connection from {why}")
-            try:
-                body = b"E.ukdbg refused this connection: " + why.encode(errors="replace")
-                conn.send(b"$%s#%02x" % (body, sum(body) & 0xFF))
-            except OSError:
-                pass
-            conn.close()
-            return None
         return conn, peer
 
     def check_peer(self, conn):
@@ -267,6 +264,29 @@ def _is_stale_socket(path: str) -> bool:
 
 # What a second client gets (debugger/gdb.py): gdb shows "Remote failure reply: ...".
 REFUSAL = b"$E.another debugger is already attached to this unikernel#"
+
+
+def refusal(peer) -> bytes:
+    """The reply body for a refused peer's first packet."""
+    return b"E.ukdbg refused this connection: " + peer.refused.encode(errors="replace")
+
+
+def refuse_now(conn, body: bytes, wait: float = 2.0) -> None:
+    """Answer a refused client's first packet with body and close (blocking, for
+    `ukdbg core --gdb`; the monitor does it asynchronously). Replying before the
+    client's packet, or closing on it unread, could reset the connection before
+    the client reads the reason."""
+    from .packets import frame
+    try:
+        if select.select([conn], [], [], wait)[0]:
+            conn.recv(4096)
+        send_all(conn, b"+" + frame(body), stall=wait)
+        conn.shutdown(socket.SHUT_WR)
+        if select.select([conn], [], [], wait)[0]:
+            conn.recv(4096)
+    except (OSError, ConnectionError):
+        pass
+    conn.close()
 
 
 class SocketChannel:
