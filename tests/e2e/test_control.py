@@ -208,14 +208,19 @@ def test_attach_to_a_guest_started_without_gdb(app, rt, monitors):
     m.wait_for(lambda: "looping" in m.stdout(), "the guest's output")
     r = rt.cli("attach", "--print", m.pid)
     assert r.returncode == 0, r.stderr
-    mt = re.fullmatch(r"gdb (\S+) -ex 'target remote (127\.0\.0\.1:(\d+))'\n", r.stdout)
+    # By default a unix socket in the private runtime directory, mode 0600 (issue 9).
+    mt = re.fullmatch(r"gdb (\S+) -ex 'target remote (/\S+)'\n", r.stdout)
     assert mt, r.stdout
     assert mt.group(1) == app("loop")
     addr = mt.group(2)
-    assert status(rt, m.pid)["gdb"] == addr
+    assert addr == os.path.join(rt.sockets, f"{m.pid}.gdb")
+    st_ = os.lstat(addr)
+    assert stat.S_ISSOCK(st_.st_mode) and stat.S_IMODE(st_.st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(rt.sockets).st_mode) == 0o700
+    assert status(rt, m.pid)["gdb"] == f"unix:{addr}"
     assert rt.cli("attach", "--print", m.pid).stdout == r.stdout   # the same stub
     rows = rt.cli("ps").stdout.splitlines()[1:]
-    assert rows[0].split()[6] == addr
+    assert rows[0].split()[6] == f"unix:{addr}"
     g = subprocess.run(["gdb", "-batch", "-nx", app("loop"), "-ex", f"target remote {addr}",
                         "-ex", "bt", "-ex", "print spin_counter > 0", "-ex", "detach"],
                        capture_output=True, text=True, timeout=60)
@@ -223,6 +228,7 @@ def test_attach_to_a_guest_started_without_gdb(app, rt, monitors):
     assert "$1 = 1" in g.stdout
     # after detach the guest runs on; `ukdbg attach` itself execs gdb (commands on stdin)
     assert status(rt, m.pid)["state"] == "running"
+    assert os.path.exists(addr)
     r = rt.cli("attach", m.pid, input="bt\nprint spin_counter > 0\ndetach\nquit\n")
     assert r.returncode == 0, r.stderr
     assert re.search(r"#0 .*spin \(\) at .*loop\.c:11", r.stdout), r.stdout + r.stderr
@@ -230,14 +236,16 @@ def test_attach_to_a_guest_started_without_gdb(app, rt, monitors):
     assert status(rt, m.pid)["state"] == "running"
     assert rt.cli("stop", m.pid).returncode == 0
     assert m.wait() == 143
+    assert not os.path.exists(addr)                 # the monitor removes its socket
 
 
 def test_attach_without_gdb_installed_is_a_clear_message(app, rt, monitors, tmp_path):
     m = monitors("--mem=8", app("loop"))
     r = ukdbg("attach", m.pid, env={"XDG_RUNTIME_DIR": rt.path, "PATH": str(tmp_path)})
     assert r.returncode == 1
-    assert r.stderr.startswith("ukdbg: gdb is not installed; the stub listens at 127.0.0.1:")
-    assert f"gdb {app('loop')} -ex 'target remote 127.0.0.1:" in r.stderr
+    sock = os.path.join(rt.sockets, f"{m.pid}.gdb")
+    assert r.stderr.startswith(f"ukdbg: gdb is not installed; the stub listens at unix:{sock}")
+    assert f"gdb {app('loop')} -ex 'target remote {sock}'" in r.stderr
     assert status(rt, m.pid)["state"] == "running"
 
 
@@ -253,7 +261,7 @@ def test_status_while_gdb_holds_the_guest_and_stop_ends_the_session(app, rt, mon
     try:
         m.wait_for(lambda: status(rt, m.pid)["gdb_attached"], "gdb to attach")
         st = status(rt, m.pid)
-        assert st["state"] == "gdb-stopped" and st["gdb"] == addr
+        assert st["state"] == "gdb-stopped" and st["gdb"] == f"unix:{addr}"
         r = rt.cli("pause", m.pid)
         assert r.returncode == 1
         assert "cannot pause: the guest is gdb-stopped" in r.stderr
@@ -478,7 +486,7 @@ def test_log_records_control_events(app, rt, monitors, tmp_path):
     assert kinds.index("pause") < kinds.index("resume") < kinds.index("core") < \
         kinds.index("gdb-listen") < kinds.index("gdb-attach") < kinds.index("gdb-detach")
     assert [e for e in ev if e["event"] == "core"][0]["path"] == core
-    assert [e for e in ev if e["event"] == "gdb-listen"][0]["address"] == addr
+    assert [e for e in ev if e["event"] == "gdb-listen"][0]["address"] == f"unix:{addr}"
     assert ev[-1]["reason"] == "stopped" and ev[-1]["status"] == 143
     assert ev[-1]["signal"] == "SIGTERM"
     assert all(e["pid"] == m.pid for e in ev)

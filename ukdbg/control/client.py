@@ -420,14 +420,16 @@ def attach_main(argv) -> int:
     _pid_arg(p)
     p.add_argument("--print", action="store_true", dest="print_only",
                    help="print the gdb command instead of running it")
-    p.add_argument("--address", default="127.0.0.1:0",
-                   help="where the stub listens if it must be started (default: "
-                        "127.0.0.1, a free port)")
+    p.add_argument("--address", default=None,
+                   help="where the stub listens if it must be started (default: a unix "
+                        "socket in your private runtime directory; a TCP stub takes "
+                        "loopback connections from your uid only)")
     a = p.parse_args(argv)
     st = request(a.pid, "status")
     addr = st.get("gdb")
     if not addr:
-        addr = request(a.pid, "gdb", address=a.address)["address"]
+        kw = {"address": a.address} if a.address else {}
+        addr = request(a.pid, "gdb", **kw)["address"]
     cmd = gdb_command(st["app"], addr)
     import errno
     import shlex

@@ -12,6 +12,7 @@ import fcntl
 import os
 import select
 import signal
+import socket
 import sys
 import time
 
@@ -48,6 +49,13 @@ class Attach(Interrupted):
 # Spin this long for a client's next packet before sleeping (0 on a single CPU, where
 # the spin would only delay the client).
 SPIN = 0.00025 if len(os.sched_getaffinity(0)) > 1 else 0.0
+# Bounds on what a client can make the monitor hold or wait for (issue 9). gdb waits
+# for each reply (its largest request or reply is ~128 KiB), so only a client that
+# stops reading ever reaches them.
+OUT_MAX = 1 << 20       # unsent reply bytes; beyond, a write waits for the client
+IN_MAX = 1 << 20        # received, unanswered request bytes; beyond, the client is dropped
+STALL = 5.0             # seconds a client may leave replies unread before it is dropped
+LOOK_EVERY = 32         # writes between two looks at signals in a long run of packets
 
 
 class EventsChannel:
@@ -77,6 +85,12 @@ class EventsChannel:
         self._old_wakeup = None
         self._unblocked = False
         self._fast = SPIN > 0             # the client answers within SPIN (see _spin)
+        self.out = bytearray()            # replies the client has not taken yet
+        self._since = 0.0                 # when `out` last shrank (or became non-empty)
+        self._writes = 0
+        self.dropped = None               # why the stub dropped the client, if it did
+        self.ending = False               # the session is ending: no more waiting
+        self._reading = False             # inside read(): events may drain the socket
         if m.events.armed:
             self._old_wakeup = signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False)
 
@@ -118,7 +132,13 @@ class EventsChannel:
                 self.m.events.post(lambda m: Interrupted())
 
     def _drain(self):
-        while not self.eof:
+        if len(self.buf) >= IN_MAX:
+            # Only a client that keeps sending while nothing is consumed (the guest
+            # runs) gets here: it is dropped rather than buffered without bound.
+            self._drop(f"it sent over {IN_MAX >> 20} MiB of requests without reading "
+                       "the replies", raise_=False)
+            return
+        while not self.eof and len(self.buf) < IN_MAX:
             try:
                 data = self.sock.recv(1 << 18)
             except (BlockingIOError, InterruptedError):
@@ -136,14 +156,29 @@ class EventsChannel:
                 return                    # most likely all there is; poll tells if not
 
     def _readable(self, m):
+        if not self._running and not self._reading:
+            return None                   # a stopped session reads in read(), not here:
+                                          # while it is busy, TCP holds the client back
         self._drain()
         if self._running and (self.ctrl_c or self.eof):
             return Interrupted()
         return None
 
     def read(self) -> bytes:
+        self._reading = True
+        try:
+            return self._read()
+        finally:
+            self._reading = False
+
+    def _read(self) -> bytes:
         ev = self.m.events
         while not self.buf and not self.eof:
+            if self.out:
+                self._flush()
+                if self.out:              # the client is behind: wait for either way
+                    self._wait_io(True)
+                    continue
             if not ev.armed or ev.pending:
                 self._slow_wait()
                 continue
@@ -194,15 +229,114 @@ class EventsChannel:
         _ready, stop = self.m.events.wait((), timeout)     # drains us (a source)
         self._check(stop)
 
-    @staticmethod
-    def _check(stop):
+    def _check(self, stop):
         if isinstance(stop, (Killed, Exited, Crashed)):
+            self.ending = True            # the exit reply is sent without waiting
             raise SessionEnded(stop)
 
+    # --- output: never blocks the monitor (issue 9) -------------------------------------------
     def write(self, data) -> None:
-        send_all(self.sock, data)
+        """Queue data for the client and send what its socket takes now. Only when
+        more than OUT_MAX bytes wait does this wait, serving signals and the other
+        sources meanwhile; a client that takes nothing for STALL s is dropped."""
+        if self.dropped:
+            raise ConnectionError(self.dropped)
+        if self.out:
+            self.out += data
+            self._flush()
+        else:
+            try:
+                n = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as e:
+                raise ConnectionError(str(e)) from None
+            if n < len(data):
+                if self.ending:
+                    return                # best effort: the monitor is going away
+                self.out += memoryview(data)[n:]
+                self._since = time.monotonic()
+        self._writes += 1
+        if self._writes >= LOOK_EVERY:
+            # A long run of pipelined packets must not hold off a SIGTERM or a
+            # control request (both arrive through the wakeup pipe while stopped).
+            self._writes = 0
+            self._look()
+        while len(self.out) > OUT_MAX and not self.ending:
+            self._wait_io(False)
+
+    def _flush(self) -> None:
+        try:
+            n = self.sock.send(self.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self.out.clear()
+            raise ConnectionError(str(e)) from None
+        if n:
+            del self.out[:n]
+            self._since = time.monotonic()
+
+    def _look(self) -> None:
+        if not self.m.events.armed or self.ending:
+            return
+        try:
+            sigs = os.read(self._wake_r, 4096)
+        except BlockingIOError:
+            return
+        self._check(self.m.events.service(list(sigs)))
+
+    def _wait_io(self, readable: bool) -> None:
+        """One wait until the client takes output (or sends, if `readable`), a signal
+        or another source: the slow path of a client that is not reading."""
+        ev = self.m.events
+        left = self._since + STALL - time.monotonic()
+        if left <= 0:
+            self._drop(f"it left {len(self.out)} bytes of replies unread for "
+                       f"{STALL:g} s")
+        p = select.poll()
+        p.register(self.fd, select.POLLOUT | (select.POLLIN if readable else 0))
+        others = [fd for fd in ev.sources if fd != self.fd]
+        for fd in others:
+            p.register(fd, select.POLLIN)
+        if ev.armed:
+            p.register(self._wake_r, select.POLLIN)
+            self._unblock(True)
+        ready = p.poll(int(left * 1000) + 1)
+        other = False
+        for fd, bits in ready:
+            if fd == self.fd:
+                if bits & select.POLLOUT:
+                    self._flush()
+                if bits & (select.POLLHUP | select.POLLERR):
+                    self._flush()         # raises if the connection is gone
+                if readable and bits & (select.POLLIN | select.POLLHUP | select.POLLERR):
+                    self._drain()
+            elif fd != self._wake_r:
+                other = True
+        self._look()
+        if other:
+            self._slow_wait(0)
+        if self.dropped:
+            raise ConnectionError(self.dropped)
+
+    def _drop(self, why: str, raise_=True) -> None:
+        """Give up on the client (the guest and the monitor carry on)."""
+        if not self.dropped:
+            self.dropped = f"gdb: dropped the client: {why}"
+            _warn(self.dropped)
+        self.eof = True
+        self.buf.clear()
+        self.out.clear()
+        if raise_:
+            raise ConnectionError(self.dropped)
 
     def close(self) -> None:
+        if self.out and not self.dropped:
+            try:
+                self.sock.send(self.out)  # a last reply (to `D`), if it fits now
+            except OSError:
+                pass
         self._unblock(False)
         self.m.events.remove_source(self.fd)
         if self._old_wakeup is not None:
@@ -222,11 +356,17 @@ class GdbStub:
     def __init__(self, m, address: str):
         from .live_target import LiveTarget
         self.m = m
-        self.listener = Listener(address)
+        allow = bool(getattr(m.opts, "gdb_allow_remote", False))
+        self.listener = Listener(address, allow_remote=allow, refused=self._refused)
         self.address = self.listener.address
+        if self.listener.remote:
+            _warn(f"gdb: WARNING: the stub listens on {self.address}, which is not a "
+                  "loopback address: anyone who can reach it can read and write guest "
+                  "memory, and write cores in --core-dir (the protocol has no "
+                  "authentication)")
         self.target = getattr(m, "live_target", None) or LiveTarget(m)
         m.live_target = self.target
-        self.pending = None           # an accepted connection not yet served
+        self.pending = None           # (socket, Peer) accepted, not yet served
         self.session = None           # the channel of the session being served
         self.shown = None             # the last stop a session showed (crash shown)
         self.refusing = set()
@@ -241,25 +381,39 @@ class GdbStub:
         return f"gdb {os.path.abspath(self.m.image.path)} -ex 'target remote {where}'"
 
     def _on_connect(self, m):
-        conn = self.listener.accept()
-        if conn is None:
+        got = self.listener.accept()
+        if got is None:
+            return None
+        if got[1].refused:
+            from ..gdbstub.transport import refusal
+            self._refuse(got[0], refusal(got[1]))
             return None
         if self.session is not None or self.pending is not None:
-            self._refuse(conn)
+            _warn("gdb: refused a second client (one debugger at a time)")
+            self._refuse(got[0])
             return None
-        self.pending = conn
+        self.pending = got
         return Attach()
 
-    def _refuse(self, conn):
-        """A second client gets an error reply to its first packet, then EOF; without
+    def _refused(self, msg):
+        """A peer the listener turned away (not the monitor's uid): one line on
+        stderr and in the log."""
+        _warn(msg)
+        _log(self.m, "gdb-refused", reason=msg)
+
+    def _refuse(self, conn, body=None):
+        """A refused client gets an error reply to its first packet, then EOF; without
         blocking the guest (the refusal is an async source of its own)."""
         from ..gdbstub.transport import REFUSAL
         from ..gdbstub.packets import checksum
-        body = REFUSAL[1:-1]
+        body = body or REFUSAL[1:-1]
         pkt = b"+$" + body + b"#%02x" % checksum(body)
         fd = conn.fileno()
+        while len(self.refusing) >= 4:        # many idle connections cost no more fds
+            old = self.refusing.pop()
+            self.m.events.remove_source(old.fileno())
+            old.close()
         self.refusing.add(conn)
-        _warn("gdb: refused a second client (one debugger at a time)")
 
         def readable(m, conn=conn):
             try:
@@ -270,12 +424,14 @@ class GdbStub:
                 data = b""
             try:
                 if data:
-                    send_all(conn, pkt)
-            except ConnectionError:
+                    send_all(conn, pkt, stall=0.5)
+                    conn.shutdown(socket.SHUT_WR)
+            except (ConnectionError, OSError):
                 pass
-            m.events.remove_source(fd)
-            self.refusing.discard(conn)
-            conn.close()
+            if conn in self.refusing:
+                m.events.remove_source(fd)
+                self.refusing.discard(conn)
+                conn.close()
             return None
         m = self.m
         m.events.add_source(fd, readable)
@@ -292,7 +448,7 @@ class GdbStub:
     def serve(self, stop) -> Outcome:
         """Serve the pending connection, starting from `stop` (what `?` answers)."""
         m = self.m
-        conn, self.pending = self.pending, None
+        (conn, peer), self.pending = self.pending, None
         chan = EventsChannel(m, conn)
         self.session = chan
         dbg = self.target.debugger()
@@ -304,7 +460,7 @@ class GdbStub:
         flight.log(m, "gdb", "attach")
         out = Outcome("disconnect")
         try:
-            out = GdbServer(self.target, chan, log=_warn).serve(stop)
+            out = GdbServer(self.target, chan, log=_warn, owner=peer.owner).serve(stop)
         except UkdbgError as e:
             from .. import sandbox
             _warn(f"gdb session ended: {sandbox.describe(e, 'gdb stub') or e}")
@@ -320,8 +476,9 @@ class GdbStub:
             self.shown = dbg.t.stop_reason()
             dbg.detach()
             chan.close()
-            _log(m, "gdb-detach", how=out.kind)
-            flight.log(m, "gdb", f"detach ({out.kind})")
+            how = "dropped" if chan.dropped else out.kind
+            _log(m, "gdb-detach", how=how)
+            flight.log(m, "gdb", f"detach ({how})")
         return out
 
 
@@ -354,7 +511,7 @@ def drive(m):
             return stop
 
 
-def start_server(m, address: str = "127.0.0.1:0") -> str:
+def start_server(m, address: str) -> str:
     """Start the stub on a running machine (attach at any time); returns the address
     it listens on ("HOST:PORT" or "unix:PATH")."""
     stub = getattr(m, "gdb", None)

@@ -18,7 +18,8 @@ ukdbg monitor commands:
 """
 
 
-def run(target, line: str) -> str:
+def run(target, line: str, owner: bool = False) -> str:
+    """owner: the client's uid is the monitor's (see cmd_core)."""
     words = line.split()
     if not words:
         return HELP
@@ -27,6 +28,8 @@ def run(target, line: str) -> str:
     if fn is None:
         raise TargetError(errno.EINVAL, f"unknown monitor command '{cmd}' (try "
                                         "'monitor help')")
+    if fn is cmd_core:
+        return cmd_core(target, args, owner)
     return fn(target, args)
 
 
@@ -153,13 +156,15 @@ def cmd_pt(target, args):
     return "\n".join(out) + "\n"
 
 
-def cmd_core(target, args):
+def cmd_core(target, args, owner=False):
+    """A relative FILE goes in --core-dir. Only a client with the monitor's uid may
+    name a file elsewhere; any other (a remote one) gives a plain name."""
     if len(args) != 1:
         raise TargetError(errno.EINVAL, "usage: monitor core FILE")
     fn = getattr(target, "dump_core", None)
     if fn is None:
         raise TargetError(errno.ENOSYS, "this target cannot write cores")
-    path = fn(args[0])
+    path = fn(args[0], owner=owner)
     return f"core written to {path}\n"
 
 

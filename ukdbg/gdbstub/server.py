@@ -102,8 +102,11 @@ def is_terminal(stop) -> bool:
 
 
 class GdbServer:
-    def __init__(self, target, chan, log=None):
+    def __init__(self, target, chan, log=None, owner=False):
         self.t = target
+        # The peer's uid is the monitor's (the listener checked it): only then may
+        # `monitor core FILE` name a file outside --core-dir (docs/security.md).
+        self.owner = owner
         self.chan = chan
         self.log = log                       # fn(str) for session events, or None
         self.w = target.writable()
@@ -527,7 +530,7 @@ class GdbServer:
 
     def _monitor(self, cmd):
         try:
-            text = monitor.run(self.t, cmd.command)
+            text = monitor.run(self.t, cmd.command, owner=self.owner)
             ok = True
         except UkdbgError as e:
             text = f"error: {e}\n"
@@ -614,13 +617,18 @@ def serve_target(target, address: str, announce=None) -> int:
         while True:
             import select
             select.select([lst.sock], [], [])
-            conn = lst.accept()
-            if conn is None:
+            got = lst.accept()
+            if got is None:
+                continue
+            conn, peer = got
+            if peer.refused:
+                from .transport import refusal, refuse_now
+                refuse_now(conn, refusal(peer))
                 continue
             chan = SocketChannel(conn)
             try:
                 stop = target.stop_reason() if hasattr(target, "stop_reason") else None
-                out = GdbServer(target, chan).serve(stop)
+                out = GdbServer(target, chan, owner=peer.owner).serve(stop)
             finally:
                 chan.close()
             if out.kind in ("detach", "end"):

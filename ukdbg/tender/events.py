@@ -51,6 +51,7 @@ class Events:
         self.armed = False
         self.blocked = BLOCKED
         self._wake_r = self._wake_w = -1
+        self._sigio_was_blocked = None
 
     def watch_signal(self, signo: int, handler) -> None:
         """Route signo to handler(m, signo) -> Stop | None. Before arm() for signals
@@ -71,6 +72,8 @@ class Events:
                 self._saved_handlers[s] = prev
                 _signal.signal(s, _noop)
         old = _signal.pthread_sigmask(_signal.SIG_BLOCK, self.blocked)
+        if self._sigio_was_blocked is False:
+            old = set(old) - {SIGIO}          # blocked by add_source, not by the caller
         self._saved_mask = old
         self.m.vcpu.set_signal_mask(_bits(old) & ~_bits(self.blocked))
         self.tid = _thread.get_native_id()
@@ -90,6 +93,12 @@ class Events:
     # --- async sockets ---------------------------------------------------------------------
     def add_source(self, fd: int, callback) -> None:
         """Have callback(m) run when fd is readable, even while the guest runs."""
+        if not self.armed:
+            # A client may connect between set-up and arm(): its SIGIO must wait
+            # (pending) rather than kill the monitor with the default action.
+            was = _signal.pthread_sigmask(_signal.SIG_BLOCK, (SIGIO,))
+            if self._sigio_was_blocked is None:
+                self._sigio_was_blocked = SIGIO in was
         fcntl.fcntl(fd, F_SETOWN_EX, struct.pack("ii", F_OWNER_TID,
                                                  self.tid or _thread.get_native_id()))
         fcntl.fcntl(fd, F_SETSIG, SIGIO)

@@ -24,6 +24,7 @@ debugging:
                                a bare --gdb means 127.0.0.1:1234 and --gdb-wait (solo5)
   --gdb-wait                   hold the guest at its first instruction until gdb continues
   --gdb-on-crash               on a crash keep the guest frozen and wait for gdb to attach
+  --gdb-allow-remote           let --gdb listen on a non-loopback address (no authentication)
 post-mortem:
   --core-dir DIR               where cores go (default: the current directory)
   --no-core                    do not write a core when the guest crashes
@@ -74,6 +75,7 @@ class RunOptions:
         self.gdb = None               # "host:port" | "unix:PATH" | None
         self.gdb_wait = False
         self.gdb_on_crash = False
+        self.gdb_allow_remote = False
         self.core_dir = "."
         self.no_core = False
         self.core_on = []             # signal numbers
@@ -97,6 +99,7 @@ _VALUED = {"--mem": "mem", "--gdb-port": "gdb_port", "--core-dir": "core_dir",
            "--timeout": "timeout", "--log": "log", "--console": "console",
            "--flight": "flight"}
 _FLAGS = {"--gdb-wait": "gdb_wait", "--wait-gdb": "gdb_wait", "--gdb-on-crash": "gdb_on_crash",
+          "--gdb-allow-remote": "gdb_allow_remote",
           "--no-core": "no_core", "--trace-summary": "trace_summary"}
 _SIGNALS = {"HUP": 1, "INT": 2, "QUIT": 3, "USR1": 10, "USR2": 12, "ALRM": 14, "TERM": 15,
             "CONT": 18, "WINCH": 28, "PWR": 30}

@@ -215,12 +215,14 @@ class MachineView:
         import struct
         return struct.pack("<8Q", 6, 4096, 9, self.m.image.entry, 7, 0, 0, 0)
 
-    def dump_core(self, path: str) -> str:
-        """`monitor core FILE`: a core of the guest now (issue 4's writer)."""
+    def dump_core(self, path: str, owner: bool = False) -> str:
+        """`monitor core FILE`: a core of the guest now (issue 4's writer); FILE as
+        dumpcore.core_path_rule allows it for this client."""
         try:
             from .modules import dumpcore
         except ImportError:
             raise TargetError(errno.ENOSYS, "core dumps are not available") from None
+        path = dumpcore.core_path_rule(self.m.opts.core_dir, path, owner)
         return dumpcore.dump(self.m, stop=self._stop, path=path)
 
 

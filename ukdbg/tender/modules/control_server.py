@@ -372,12 +372,19 @@ def _core(ctl, req):
     return {"ok": True, "path": p}, None
 
 
+def gdb_default_address() -> str:
+    """Where the `gdb` request starts a stub by default (so `ukdbg attach` too): a unix
+    socket (0600) in the private (0700) runtime directory, next to the control socket:
+    only the monitor's owner can reach it (issue 9)."""
+    return "unix:" + os.path.join(paths.ensure_runtime_dir(), f"{os.getpid()}.gdb")
+
+
 def _gdb(ctl, req):
     m = ctl.m
     addr = gdb_address(m)
     if addr:
         return {"ok": True, "address": addr, "started": False}, None
-    want = req.get("address") or "127.0.0.1:0"
+    want = req.get("address") or gdb_default_address()
     if not isinstance(want, str):
         return {"ok": False, "error": "gdb: address must be a string"}, None
     gdb = optional_module(m, "gdb")

@@ -5,6 +5,7 @@ built by dump(), the one API for crash cores, --core-on live dumps, gdb's
 `monitor core FILE` and the control socket's `core`.
 """
 
+import errno
 import os
 import sys
 
@@ -91,6 +92,27 @@ def default_path(m) -> str:
         app = app[:-4]
     name = f"{app}.{os.getpid()}.core"
     return os.path.normpath(os.path.join(m.opts.core_dir or ".", name))
+
+
+def core_path_rule(core_dir: str, path: str, owner: bool) -> str:
+    """Where gdb's `monitor core FILE` may write (docs/security.md, "gdb stub"); a
+    separate check so that any way of creating the file keeps it.
+      everyone: no NUL or control character; a relative FILE is in core_dir; the file
+        must not exist (the writer links it in, never replacing a file or a symlink).
+      a client that is not the monitor's owner (a remote one): FILE is one plain name
+        (no '/', not '.' or '..', no leading '.'), in core_dir's real directory."""
+    from ...errors import TargetError
+    if not path or any(c < " " or c == "\x7f" for c in path):
+        raise TargetError(errno.EINVAL, "monitor core: FILE must be a file name without "
+                                        "control characters")
+    base = core_dir or "."
+    if owner:
+        return path if os.path.isabs(path) else os.path.join(base, path)
+    if "/" in path or path.startswith(".") or len(path) > 255:
+        raise TargetError(errno.EPERM, "monitor core: this client may only name a file "
+                                       "in the monitor's --core-dir (a plain name: no "
+                                       "'/', no leading '.')")
+    return os.path.join(os.path.realpath(base), path)
 
 
 def dump(m, stop=None, path=None) -> str:
