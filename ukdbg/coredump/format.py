@@ -129,6 +129,43 @@ def pack_xstate(area: bytes, xcr0: int) -> bytes:
     return bytes(b)
 
 
+# --- OpenBSD notes, for lldb ------------------------------------------------------------
+# lldb reads a Solo5 image as an OpenBSD executable (its "not OpenBSD" note) and loads it
+# from a core only if the core is OpenBSD's too; it then wants OpenBSD's own register
+# notes. BFD (gdb) would also decode them (a second thread) but matches the owner on
+# namesz bytes, lldb on the NUL-terminated name: namesz 5 over "OpenBSD\0" is "OpenB"
+# to BFD (decoded by type: these types mean nothing to it) and "OpenBSD" to lldb.
+OPENBSD_OWNER, OPENBSD_NAMESZ = b"OpenBSD\0", 5
+NT_OPENBSD_PROCINFO, NT_OPENBSD_AUXV, NT_OPENBSD_REGS, NT_OPENBSD_FPREGS = 10, 11, 20, 21
+# struct elfcore_procinfo: version, size, signo, sigcode, 4 signal sets, pid, ppid, pgrp,
+# sid, 6 ids, name[32]
+OPENBSD_PROCINFO = struct.Struct("<8I4i6I32s")
+assert OPENBSD_PROCINFO.size == 0x68
+# struct reg (amd64)
+OPENBSD_REG_FIELDS = ("rdi", "rsi", "rdx", "rcx", "r8", "r9", "r10", "r11", "r12", "r13",
+                      "r14", "r15", "rbp", "rbx", "rax", "rsp", "rip", "rflags", "cs", "ss",
+                      "ds", "es", "fs", "gs")
+OPENBSD_REG = struct.Struct("<24Q")
+
+
+def pack_openbsd_note(ntype: int, desc: bytes) -> bytes:
+    return NHDR.pack(OPENBSD_NAMESZ, len(desc), ntype) + OPENBSD_OWNER + _pad(bytes(desc))
+
+
+def pack_openbsd_notes(regs, fxsave: bytes, signal: int, pid: int, name: str,
+                       entry: int) -> bytes:
+    """The four notes lldb's OpenBSD core reader needs (regs: arch.x86_64.Regs)."""
+    procinfo = OPENBSD_PROCINFO.pack(1, OPENBSD_PROCINFO.size, signal, 0, 0, 0, 0, 0,
+                                     pid, pid, pid, pid, 0, 0, 0, 0, 0, 0,
+                                     name.encode("utf-8", "replace")[:31])
+    gp = OPENBSD_REG.pack(*(getattr(regs, f) & 0xFFFFFFFFFFFFFFFF
+                            for f in OPENBSD_REG_FIELDS))
+    return b"".join((pack_openbsd_note(NT_OPENBSD_PROCINFO, procinfo),
+                     pack_openbsd_note(NT_OPENBSD_AUXV, pack_auxv(entry)),
+                     pack_openbsd_note(NT_OPENBSD_REGS, gp),
+                     pack_openbsd_note(NT_OPENBSD_FPREGS, fxsave)))
+
+
 # --- UKDBG notes: name "UKDBG", one type per record (docs/core-format.md) --------------
 UKDBG_NAME = "UKDBG"
 UKDBG_VERSION = 1

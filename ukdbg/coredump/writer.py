@@ -83,6 +83,9 @@ def build_notes(src: CoreSource, data_off: int) -> bytes:
         area, xcr0 = src.xsave
         # The legacy area must agree with NT_FPREGSET (KVM's copy already does).
         notes.append(F.pack_note("LINUX", F.NT_X86_XSTATE, F.pack_xstate(area, xcr0)))
+    # After "LINUX": lldb takes the last owner it knows for the core's OS.
+    notes.append(F.pack_openbsd_notes(src.regs, src.fpu.to_fxsave(), src.signal, src.pid,
+                                      src.app_name, src.entry))
     u = F.UKDBG_NAME
     if src.sregs is not None:
         notes.append(F.pack_note(u, F.NT_UKDBG_SREGS, src.sregs))
