@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.kvm, pytest.mark.gdb, pytest.mark.lldb]
 
 # fixture -> a breakpoint in a function with callers (the live stop before the crash)
 CRASHES = {"nullwrite": "crash_here", "divzero": "divide", "recursion": "recurse",
-           "abort": "give_up", "regs": "load_regs_and_fault"}
+           "abort": "rt_abort", "regs": "load_regs_and_fault"}
 
 
 def gdb_frames(out):
