@@ -121,7 +121,7 @@ def test_missing_binary_still_inspects(tmp_path):
     assert "#PF page fault (SIGSEGV)" in out
     assert re.search(r"^\*#0  0x100f04 \?\? ?$", out, re.M), out   # frame pointers
     assert re.search(r"^ #1  0x[0-9a-f]+ \?\?", out, re.M)
-    assert "=>! 0x100f04 <" not in out and "movl $1, (%rax)   <- faulting" in out
+    assert "=>! 0x100f04 <" not in out and "movl $0x1, (%rax)   <- faulting" in out
     assert "Solo5: trap: type=#PF" in out
     # --app finds the symbols again
     r = ukdbg("core", core, "--app", app_path("nullwrite"), "-c", "bt 1")

@@ -56,3 +56,47 @@ def test_core_report_no_color(tmp_path):
     rc, forced = on_pty(["core", "--report", "--color", "always", core],
                         env={"NO_COLOR": "1"})
     assert rc == 0 and b"\x1b[" in forced        # an explicit --color always still wins
+
+
+def test_repl_prints_no_cpr_warning_where_nobody_answers(tmp_path):
+    """Like pexpect or an IDE console: a terminal that never answers prompt_toolkit's
+    cursor position request (prompt_toolkit warns after 2 s of silence)."""
+    import select
+    import time
+    from helpers import ukdbg
+    ukdbg("run", "--mem=8", app_path("nullwrite"), cwd=tmp_path)
+    (core,) = [str(tmp_path / p) for p in os.listdir(tmp_path) if p.endswith(".core")]
+    e = {k: v for k, v in os.environ.items() if k != "PROMPT_TOOLKIT_NO_CPR"}
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "ukdbg", "core", core], stdin=slave,
+                         stdout=slave, stderr=slave, env=e)
+    os.close(slave)
+    out, t0, sent = b"", time.monotonic(), []
+    try:
+        while time.monotonic() - t0 < 30:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elapsed = time.monotonic() - t0
+            if not sent and elapsed > 3.0 and b"(ukdbg)" in out:
+                os.write(master, b"bt\r")
+                sent.append("bt")
+                mark = len(out)
+            elif sent == ["bt"] and b"crash_here" in out[mark:]:
+                os.write(master, b"quit\r")
+                sent.append("quit")
+            if p.poll() is not None and not ready:
+                break
+    finally:
+        os.close(master)
+        if p.poll() is None:
+            p.kill()
+    assert p.wait(10) == 0, out
+    assert sent == ["bt", "quit"], out
+    assert b"cursor position" not in out and b"CPR" not in out, out
