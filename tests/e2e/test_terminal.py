@@ -100,3 +100,20 @@ def test_repl_prints_no_cpr_warning_where_nobody_answers(tmp_path):
     assert p.wait(10) == 0, out
     assert sent == ["bt", "quit"], out
     assert b"cursor position" not in out and b"CPR" not in out, out
+
+
+def test_core_dump_progress_on_a_terminal_only(tmp_path):
+    """The bar of a core dump (delay 0 here: the fixtures' dumps take milliseconds; the
+    0.5 s default is tested in tests/unit/test_progress.py)."""
+    from helpers import ukdbg
+    argv = ["run", "--mem=8", app_path("nullwrite")]
+    rc, out = on_pty(argv, env={"UKDBG_PROGRESS_DELAY": "0"}, cwd=tmp_path)
+    assert rc == 255 and b"writing core" in out and "━".encode() in out, out
+    rc, out = on_pty(argv, env={"UKDBG_PROGRESS_DELAY": "0", "NO_COLOR": "1"},
+                     cwd=tmp_path)
+    assert rc == 255 and b"\rwriting core: " in out and b"\x1b" not in out, out
+    r = ukdbg(*argv, env={"UKDBG_PROGRESS_DELAY": "0"}, cwd=tmp_path)
+    assert r.returncode == 255 and "writing core" not in r.stderr, r.stderr
+    assert "\x1b" not in r.stderr
+    rc, out = on_pty(argv, cwd=tmp_path)                     # the default delay
+    assert rc == 255 and b"writing core" not in out

@@ -134,15 +134,23 @@ def _pwrite_all(fd: int, data, off: int) -> None:
         off += n
 
 
-def write_core(src: CoreSource, fd: int) -> int:
-    """Write the core into fd (an empty regular file); returns its (apparent) size."""
+_STEP = 64 << 20          # bytes written between two progress reports
+
+
+def write_core(src: CoreSource, fd: int, progress=None) -> int:
+    """Write the core into fd (an empty regular file); returns its (apparent) size.
+    progress: fn(bytes) called as guest memory is written (ukdbg.progress.Bar.advance)."""
     head, data_off, size = layout(src)
     os.ftruncate(fd, size)
     _pwrite_all(fd, head, 0)
     phys = memoryview(src.phys)
     for lo, hi in src.phys_extents:
-        if hi > lo:
-            _pwrite_all(fd, phys[lo:hi], data_off + lo)
+        while hi > lo:
+            step = min(hi - lo, _STEP) if progress else hi - lo
+            _pwrite_all(fd, phys[lo:lo + step], data_off + lo)
+            lo += step
+            if progress:
+                progress(step)
     for gpa, byte in src.patches.items():
         if 0 <= gpa < len(phys):
             os.pwrite(fd, bytes((byte,)), data_off + gpa)
@@ -153,10 +161,12 @@ def _why(e: OSError) -> str:
     return e.strerror or str(e)
 
 
-def write_core_file(src: CoreSource, path: str, *, unique: bool = True) -> str:
+def write_core_file(src: CoreSource, path: str, *, unique: bool = True,
+                    progress=None) -> str:
     """Write atomically: a temporary file in the same directory, fsync, then a link
     into place that never replaces an existing file. unique: if path exists, try
-    path.1, path.2, ...; else fail. Returns the path written. Raises CoreWriteError."""
+    path.1, path.2, ...; else fail. Returns the path written. Raises CoreWriteError.
+    progress: as for write_core."""
     d = os.path.dirname(path) or "."
     tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}."
                           f"{os.urandom(3).hex()}.tmp")
@@ -166,7 +176,7 @@ def write_core_file(src: CoreSource, path: str, *, unique: bool = True) -> str:
         raise CoreWriteError(f"cannot write a core in {d}: {_why(e)}") from None
     try:
         try:
-            write_core(src, fd)
+            write_core(src, fd, progress)
             os.fsync(fd)
         finally:
             os.close(fd)
