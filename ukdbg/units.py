@@ -4,9 +4,10 @@ ukdbg ps/status, progress bars): binary units, a decimal only where it says some
 """
 
 
-def size(n: int) -> str:
+def size(n: int, sep: str = " ") -> str:
+    """sep goes between number and unit ("" for tables read by awk: 8MiB)."""
     n = int(n)
     for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
         if n >= 1 << shift and n % (1 << (shift - 4)) == 0 or n >= 10 << shift:
-            return f"{n / (1 << shift):.1f} {unit}".replace(".0 ", " ")
-    return f"{n} B"
+            return f"{n / (1 << shift):.1f}".removesuffix(".0") + sep + unit
+    return f"{n}{sep}B"

@@ -5,6 +5,8 @@ terminal width or trailing padding (what the golden tests compare).
 
 from rich.text import Text
 
+from ..units import size as _size
+
 ADDR, SYM, LINE, ERR, HEAD, DIM, MARK, VAL = ("cyan", "yellow", "green", "bold red",
                                               "bold", "dim", "bold red", "")
 
@@ -218,12 +220,6 @@ def _mem(v):
 MAX_RUNS = 12
 
 
-def _size(n: int) -> str:
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift and n % (1 << (shift - 4)) == 0 or n >= 10 << shift:
-            v = n / (1 << shift)
-            return f"{v:.1f} {unit}".replace(".0 ", " ")
-    return f"{n} B"
 
 
 # --- disassembly -----------------------------------------------------------------------------
