@@ -8,14 +8,10 @@ for byte in docs/core-format.md.
 
 import struct
 
-# --- ELF --------------------------------------------------------------------------------
-EHDR = struct.Struct("<16sHHIQQQIHHHHHH")         # Elf64_Ehdr (64 bytes)
-PHDR = struct.Struct("<IIQQQQQQ")                 # Elf64_Phdr (56 bytes)
-NHDR = struct.Struct("<III")                      # namesz, descsz, type
+# --- ELF: the structs and numbers of ukdbg/elf.py, the one definition -------------------
+from ..elf import (EHDR, EM_X86_64, ET_CORE, NHDR, PF_R, PF_W, PF_X,  # noqa: F401
+                   PHDR, PT_LOAD, PT_NOTE)
 ELFCLASS64, ELFDATA2LSB, EV_CURRENT, ELFOSABI_SYSV = 2, 1, 1, 0
-ET_CORE, EM_X86_64 = 4, 62
-PT_LOAD, PT_NOTE = 1, 4
-PF_X, PF_W, PF_R = 1, 2, 4
 PAGE = 4096
 NOTE_ALIGN = 4                                    # core notes pad name and desc to 4
 
