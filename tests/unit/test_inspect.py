@@ -229,6 +229,11 @@ def test_dwarf_expressions():
     assert _eval([0xE0], state, mem, None) is None             # unknown op
     assert _eval([0x70 + 3, 0], state, mem, None) is None       # unknown register
     assert _eval([0x06], state, mem, 0x1234) is None            # unreadable deref
+    # DW_OP_bregx 7 -16; DW_OP_const2s -8; DW_OP_swap; DW_OP_minus (decoded by pyelftools)
+    assert _eval([0x92, 0x07, 0x70, 0x0B, 0xF8, 0xFF, 0x16, 0x1C], state, mem, None) \
+        == (-8 - 0x1FF0) & (1 << 64) - 1
+    assert _eval([0x77], state, mem, None) is None              # truncated operand
+    assert _eval([], state, mem, None) is None
 
 
 # --- commands -------------------------------------------------------------------------------
