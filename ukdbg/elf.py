@@ -21,6 +21,21 @@ SHT_SYMTAB, SHT_NOTE = 2, 7
 STT_FUNC, STT_OBJECT = 2, 1
 
 
+def iter_notes(raw: bytes):
+    """Yield (name, type, desc_offset, descsz) for each note in raw (a PT_NOTE's bytes;
+    name and desc padded to 4). Raises ElfFormatError for a note past the end."""
+    pos = 0
+    while pos + NHDR.size <= len(raw):
+        namesz, descsz, ntype = NHDR.unpack_from(raw, pos)
+        name_off = pos + NHDR.size
+        desc_off = name_off + ((namesz + 3) & ~3)
+        if desc_off + descsz > len(raw):
+            raise ElfFormatError("a note runs past the end of its segment")
+        name = raw[name_off:name_off + namesz].split(b"\0", 1)[0].decode("latin-1")
+        yield name, ntype, desc_off, descsz
+        pos = desc_off + ((descsz + 3) & ~3)
+
+
 class ElfFormatError(ValueError):
     pass
 
@@ -109,17 +124,8 @@ class ElfFile:
     def notes(self, segment: Segment):
         """Yield (name, type, desc_offset_in_file, descsz) for each note in a PT_NOTE."""
         raw = self._slice(segment.offset, segment.filesz, "note segment")
-        pos = 0
-        while pos + NHDR.size <= len(raw):
-            namesz, descsz, ntype = NHDR.unpack_from(raw, pos)
-            name_off = pos + NHDR.size
-            desc_off = name_off + ((namesz + 3) & ~3)
-            end = desc_off + ((descsz + 3) & ~3)
-            if desc_off + descsz > len(raw):
-                raise ElfFormatError("note runs past the end of its segment")
-            name = raw[name_off:name_off + namesz].rstrip(b"\0").decode("latin-1")
+        for name, ntype, desc_off, descsz in iter_notes(raw):
             yield name, ntype, segment.offset + desc_off, descsz
-            pos = end
 
     # --- symbols ---------------------------------------------------------------------------
     @property

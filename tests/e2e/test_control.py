@@ -114,7 +114,7 @@ def test_ps_lists_running_unikernels(app, rt, monitors):
     assert set(rows) == {busy.pid, sleepy.pid}
     assert rows[busy.pid][1:3] == ["loop.hvt", "running"]
     assert rows[sleepy.pid][1:3] == ["time.hvt", "sleeping"]    # inside POLL
-    assert rows[busy.pid][4] == "8.0M" and rows[sleepy.pid][4] == "16.0M"
+    assert rows[busy.pid][4] == "8MiB" and rows[sleepy.pid][4] == "16MiB"
     assert re.fullmatch(r"\d\d:\d\d:\d\d", rows[busy.pid][3])
     assert rows[busy.pid][6] == "-"
     r = rt.cli("ps", "--json")
@@ -146,7 +146,7 @@ def test_status_answers_while_the_guest_is_busy(app, rt, monitors):
     r = rt.cli("status", m.pid)
     assert r.returncode == 0
     assert r.stdout.startswith(f"pid {m.pid}: {app('loop')}\n  state       running\n")
-    assert "  memory      8.0M (8388608 bytes), " in r.stdout
+    assert "  memory      8 MiB (8388608 bytes), " in r.stdout
     assert "  hypercalls  walltime 1, puts 1\n" in r.stdout
 
 

@@ -73,7 +73,7 @@ def ps_walls(rt, pids, states, runs=5):
         assert r.returncode == 0 and r.stderr == "", r.stderr
         rows = [ln.split() for ln in r.stdout.splitlines()[1:]]
         assert sorted(int(x[0]) for x in rows) == pids
-        assert all(x[2] in states and x[4] == "4.0M" for x in rows), rows
+        assert all(x[2] in states and x[4] == "4MiB" for x in rows), rows
     return walls
 
 

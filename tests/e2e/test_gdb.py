@@ -250,7 +250,7 @@ def test_monitor_commands(fixtures_dir, tmp_path):
                     "monitor regs", "monitor pt 0x100020", "monitor pt 0x1000",
                     f"monitor core {core}", "kill")
         assert "monitor pt ADDR" in out, out
-        assert re.search(r"memory:\s+8.0 MiB", out), out
+        assert re.search(r"memory:\s+8 MiB", out), out
         assert "stopped:    breakpoint at 0x" in out, out
         assert "cr0    0x80010021 [PE NE WP PG]" in out, out
         assert "efer   0x500 [LME LMA]" in out, out

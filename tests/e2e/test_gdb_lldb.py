@@ -1,7 +1,6 @@
 """One lldb session against the gdb stub: attach, registers, backtrace, step.
 
-lldb 14 takes Solo5 images for OpenBSD (their "not OpenBSD" note) and has no loader for
-that, so the session places the image itself (docs/gdb.md, "lldb")."""
+No set-up command: the stub's qOffsets reply places the image (docs/gdb.md, "lldb")."""
 
 import re
 import subprocess
@@ -17,7 +16,6 @@ pytestmark = [pytest.mark.kvm, pytest.mark.lldb]
 def test_lldb_session(fixtures_dir):
     with Guest("regs") as g:
         cmds = ["gdb-remote " + g.remote(),
-                "target modules load --file regs.hvt --slide 0",
                 "breakpoint set --name load_regs_and_fault",
                 "breakpoint set --name regs_loaded",
                 "continue",

@@ -53,6 +53,18 @@ def test_json():
     d = json.loads(r.stdout)
     assert d["signal"] == "SIGILL" and d["backtrace"][0]["function"] == "load_regs_and_fault"
     assert d["registers"]["rax"] == 0x1111111111111111
+    # every register, with the values the regs command reads
+    every = ({"rip", "rflags", "cs", "ss", "ds", "es", "fs", "gs", "fs_base", "gs_base",
+              "cr0", "cr2", "cr3", "cr4", "efer"}
+             | {f"r{i}" for i in range(8, 16)}
+             | {"rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp"})
+    assert set(d["registers"]) == every, sorted(d["registers"])
+    assert d["registers"]["r12"] == 0xCCCCCCCCCCCCCCCC
+    full = json.loads(ukdbg("core", core, "-c", "regs", "--json").stdout)[0]["result"]
+    flat = {n: (v["value"] if isinstance(v, dict) else v)
+            for group in ("general", "segments", "control") for n, v in full[group].items()}
+    flat["rflags"] = full["rflags"]["value"]
+    assert {n: d["registers"][n] for n in every} == {n: flat[n] for n in every}
     r = ukdbg("core", core, "-c", "regs; bt 1; bogus", "--json")
     assert r.returncode == 1
     d = json.loads(r.stdout)
@@ -109,7 +121,7 @@ def test_missing_binary_still_inspects(tmp_path):
     assert "#PF page fault (SIGSEGV)" in out
     assert re.search(r"^\*#0  0x100f04 \?\? ?$", out, re.M), out   # frame pointers
     assert re.search(r"^ #1  0x[0-9a-f]+ \?\?", out, re.M)
-    assert "=>! 0x100f04 <" not in out and "movl $1, (%rax)   <- faulting" in out
+    assert "=>! 0x100f04 <" not in out and "movl $0x1, (%rax)   <- faulting" in out
     assert "Solo5: trap: type=#PF" in out
     # --app finds the symbols again
     r = ukdbg("core", core, "--app", app_path("nullwrite"), "-c", "bt 1")

@@ -177,6 +177,27 @@ def test_disas_marks_the_faulting_instruction_gdb_reports():
     s.close()
 
 
+@pytest.mark.parametrize("name,func", [("regs", "load_regs_and_fault"),
+                                       ("recursion", "recurse"), ("rowrite", "main")])
+def test_disas_numbers_are_hex_like_gdbs(name, func):
+    """Every immediate and displacement, in the same base and value as gdb's."""
+    core, _ = core_of(name)
+    s = open_core(core)
+    try:
+        mine = render.plain(execute(s, f"disas {func}"))
+    finally:
+        s.close()
+    out = gdb(app_path(CRASHES[name][0]), core, f"disassemble {func}")
+    num = re.compile(r"\$0x[0-9a-f]+|-?0x[0-9a-f]+(?=\()")
+    theirs = [num.findall(ln.split(":", 1)[1]) for ln in out.splitlines()
+              if re.match(r"\s*(=>)?\s*0x[0-9a-f]+ <\+\d+>:", ln)]
+    ours = [num.findall(ln.split(">:", 1)[1]) for ln in mine.splitlines()
+            if re.match(r"\S*\s+0x[0-9a-f]+ <\+\d+>:", ln)]
+    assert len(ours) == len(theirs) > 5, (mine, out)
+    assert ours == theirs, (mine, out)
+    assert not re.search(r"\$-?\d+(?![\dx])|[ ,]-?\d+\(", mine), mine
+
+
 def test_gdb_command_prints_dwarf_variables():
     core, _ = core_of("recursion")
     s = open_core(core)

@@ -141,7 +141,7 @@ def test_in_a_real_terminal(tmp_path):
         wait_for(tmux, "(ukdbg) disas")
         tmux("send-keys", "-t", "0", "Enter")
         screen = wait_for(tmux, "<- faulting instruction")
-        assert re.search(r"=>! 0x[0-9a-f]+ <\+9>:  movl \$1, \(%rax\)", screen)
+        assert re.search(r"=>! 0x[0-9a-f]+ <\+9>:  movl \$0x1, \(%rax\)", screen)
         colored = tmux("capture-pane", "-p", "-e", "-t", "0").stdout
         assert "\x1b[" in colored                      # colour on a terminal
         tmux("send-keys", "-t", "0", "quit", "Enter")

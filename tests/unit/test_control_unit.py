@@ -86,9 +86,11 @@ def test_loads_matches_json():
 
 # --- rendering -----------------------------------------------------------------------------------
 def test_human_units():
-    assert client.human_bytes(512) == "512B"
-    assert client.human_bytes(8 << 20) == "8.0M"
-    assert client.human_bytes(1536) == "1.5K"
+    assert client.human_bytes(512, "") == "512B"
+    assert client.human_bytes(8 << 20, "") == "8MiB"
+    assert client.human_bytes(8 << 20) == "8 MiB"
+    assert client.human_bytes(1536) == "1.5 KiB"
+    assert client.human_bytes(12345678) == "11.8 MiB"
     assert client.human_duration(3725.9) == "01:02:05"
     assert client.human_duration(2 * 86400 + 5) == "2-00:00:05"
 
@@ -103,11 +105,11 @@ def test_ps_table_aligns_columns():
                            _status(12345, "/y/time.hvt", "sleeping", 3, 16 << 20, 4096,
                                    "127.0.0.1:4000")])
     assert out == ("  PID  APP       STATE       UPTIME    MEM    RSS  GDB\n"
-                   "    7  loop.hvt  running   00:01:05   8.0M  52.0K  -\n"
-                   "12345  time.hvt  sleeping  00:00:03  16.0M   4.0K  127.0.0.1:4000\n")
+                   "    7  loop.hvt  running   00:01:05   8MiB  52KiB  -\n"
+                   "12345  time.hvt  sleeping  00:00:03  16MiB   4KiB  127.0.0.1:4000\n")
     rows = [ln.split() for ln in out.splitlines()]
-    assert rows[1] == ["7", "loop.hvt", "running", "00:01:05", "8.0M", "52.0K", "-"]
-    assert rows[2] == ["12345", "time.hvt", "sleeping", "00:00:03", "16.0M", "4.0K",
+    assert rows[1] == ["7", "loop.hvt", "running", "00:01:05", "8MiB", "52KiB", "-"]
+    assert rows[2] == ["12345", "time.hvt", "sleeping", "00:00:03", "16MiB", "4KiB",
                        "127.0.0.1:4000"]
 
 

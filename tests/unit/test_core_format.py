@@ -147,6 +147,33 @@ def test_prstatus_layout_is_linux(core):
     assert c.auxv[F.AT_ENTRY] == 0x100020
 
 
+def test_openbsd_notes_for_lldb(core):
+    """namesz 5 over "OpenBSD\\0" (docs/core-format.md), after the LINUX note, with
+    OpenBSD's struct reg order and the same values as the Linux notes."""
+    src, _c, path = core
+    with open(path, "rb") as f:
+        data = f.read(1 << 16)
+    pos = data.index(b"OpenBSD\0") - F.NHDR.size
+    found, linux = {}, data.index(b"LINUX\0")
+    assert linux < pos
+    while True:
+        namesz, descsz, ntype = F.NHDR.unpack_from(data, pos)
+        if data[pos + 12:pos + 20] != b"OpenBSD\0":
+            break
+        assert namesz == 5
+        found[ntype] = data[pos + 20:pos + 20 + descsz]
+        pos += 20 + -(-descsz // 4) * 4
+    assert sorted(found) == [10, 11, 20, 21]
+    regs = struct.unpack("<24Q", found[F.NT_OPENBSD_REGS])
+    assert regs[0] == src.regs.rdi and regs[14] == src.regs.rax
+    assert regs[16] == src.regs.rip and regs[17] == src.regs.rflags
+    assert regs[18:20] == (0x8, 0x10)
+    assert found[F.NT_OPENBSD_FPREGS] == src.fpu.to_fxsave()
+    assert found[F.NT_OPENBSD_AUXV] == F.pack_auxv(0x100020)
+    signo, = struct.unpack_from("<I", found[F.NT_OPENBSD_PROCINFO], 8)
+    assert signo == 11
+
+
 def test_file_is_sparse(tmp_path):
     src = make_source(phys_size=64 * MiB)
     path = write_core_file(src, str(tmp_path / "big.core"))

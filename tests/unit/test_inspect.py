@@ -229,6 +229,11 @@ def test_dwarf_expressions():
     assert _eval([0xE0], state, mem, None) is None             # unknown op
     assert _eval([0x70 + 3, 0], state, mem, None) is None       # unknown register
     assert _eval([0x06], state, mem, 0x1234) is None            # unreadable deref
+    # DW_OP_bregx 7 -16; DW_OP_const2s -8; DW_OP_swap; DW_OP_minus (decoded by pyelftools)
+    assert _eval([0x92, 0x07, 0x70, 0x0B, 0xF8, 0xFF, 0x16, 0x1C], state, mem, None) \
+        == (-8 - 0x1FF0) & (1 << 64) - 1
+    assert _eval([0x77], state, mem, None) is None              # truncated operand
+    assert _eval([], state, mem, None) is None
 
 
 # --- commands -------------------------------------------------------------------------------
@@ -300,11 +305,11 @@ def test_views_render_as_stable_plain_text(nullwrite):
     info = render.plain(execute(s, "info"))
     assert "fault address  0x0: the NULL page" in info
     dis = render.plain(execute(s, "disas crash_here"))      # frame 1 is selected
-    assert re.search(r"^  ! 0x100f04 <\+9>:  movl \$1, \(%rax\)   <- faulting instruction$",
+    assert re.search(r"^  ! 0x100f04 <\+9>:  movl \$0x1, \(%rax\)   <- faulting instruction$",
                      dis, re.M)
     execute(s, "frame 0")
     dis = render.plain(execute(s, "disas crash_here"))
-    assert re.search(r"^=>! 0x100f04 <\+9>:  movl \$1, \(%rax\)   <- faulting instruction$",
+    assert re.search(r"^=>! 0x100f04 <\+9>:  movl \$0x1, \(%rax\)   <- faulting instruction$",
                      dis, re.M)
 
 
@@ -356,3 +361,16 @@ def test_trap_core_with_halt_time_registers_points_at_the_fault(nullwrite):
     from ukdbg.inspect import report
     r = report.build(s)
     assert r.instruction.addr == fault and r.instruction.fault
+
+
+def test_disassembly_numbers_are_hex():
+    from ukdbg.inspect.disasm import Disassembler
+    d = Disassembler()
+    cases = {"48c7c0ffffffff": "movq $0xffffffffffffffff, %rax",    # sign-extended imm32
+             "4883c4f8": "addq $0xfffffffffffffff8, %rsp",
+             "c745f801000000": "movl $0x1, -0x8(%rbp)",
+             "49b88888888888888888": "movabsq $0x8888888888888888, %r8",
+             "64488b042528000000": "movq %fs:0x28, %rax",
+             "8b0498": "movl (%rax, %rbx, 4), %eax"}                # the scale stays
+    for code, text in cases.items():
+        assert d.disassemble(bytes.fromhex(code), 0x1000)[0].text == text

@@ -16,6 +16,31 @@ def test_solo5_syntax():
     assert o.app == "app.hvt" and o.args == ["a", "--b"]
 
 
+@pytest.mark.parametrize("argv,attrs", [
+    (["--dumpcore=/tmp/c"], {"core_dir": "/tmp/c"}),
+    (["--dumpcore", "/tmp/c"], {"core_dir": "/tmp/c"}),
+    (["--gdb"], {"gdb": "127.0.0.1:1234", "gdb_wait": True}),
+    (["--gdb-port=4321"], {"gdb": "127.0.0.1:4321", "gdb_wait": False}),
+    (["--gdb", "--gdb-port=4321"], {"gdb": "127.0.0.1:4321", "gdb_wait": True}),
+    (["--gdb-port=4321", "--gdb"], {"gdb": "127.0.0.1:4321", "gdb_wait": True}),
+    (["--wait-gdb"], {"gdb": "127.0.0.1:1234", "gdb_wait": True}),
+    (["--mem=64"], {"mem_mb": 64}),
+    (["--block:disk=d.img"], {"blocks": {"disk": "d.img"}}),
+    (["--block-sector-size:disk=4096"], {"block_sector": {"disk": 4096}}),
+    (["--net:service=tap0"], {"nets": {"service": "tap0"}}),
+    (["--net-mac:service=02:00:00:00:00:01"],
+     {"net_macs": {"service": bytes([2, 0, 0, 0, 0, 1])}}),
+])
+def test_solo5_spellings_map_as_the_help_says(argv, attrs, capsys):
+    o = parse_run([*argv, "app.hvt"])
+    assert {k: getattr(o, k) for k in attrs} == attrs
+    with pytest.raises(SystemExit):
+        parse_run(["--help"])
+    usage = capsys.readouterr().out
+    solo5 = usage.split("solo5-hvt spellings", 1)[1].split("exit status:", 1)[0]
+    assert argv[0].split("=", 1)[0].split(":", 1)[0] in solo5
+
+
 def test_separate_values_and_guest_args():
     o = parse_run(["--mem", "32", "--core-dir", "/tmp/c", "app.hvt", "--mem=1"])
     assert o.mem_mb == 32 and o.core_dir == "/tmp/c"

@@ -8,14 +8,10 @@ for byte in docs/core-format.md.
 
 import struct
 
-# --- ELF --------------------------------------------------------------------------------
-EHDR = struct.Struct("<16sHHIQQQIHHHHHH")         # Elf64_Ehdr (64 bytes)
-PHDR = struct.Struct("<IIQQQQQQ")                 # Elf64_Phdr (56 bytes)
-NHDR = struct.Struct("<III")                      # namesz, descsz, type
+# --- ELF: the structs and numbers of ukdbg/elf.py, the one definition -------------------
+from ..elf import (EHDR, EM_X86_64, ET_CORE, NHDR, PF_R, PF_W, PF_X,  # noqa: F401
+                   PHDR, PT_LOAD, PT_NOTE)
 ELFCLASS64, ELFDATA2LSB, EV_CURRENT, ELFOSABI_SYSV = 2, 1, 1, 0
-ET_CORE, EM_X86_64 = 4, 62
-PT_LOAD, PT_NOTE = 1, 4
-PF_X, PF_W, PF_R = 1, 2, 4
 PAGE = 4096
 NOTE_ALIGN = 4                                    # core notes pad name and desc to 4
 
@@ -127,6 +123,43 @@ def pack_xstate(area: bytes, xcr0: int) -> bytes:
     b = bytearray(area[:xstate_size(mask, len(area))])
     struct.pack_into("<Q", b, XSAVE_XCR0_OFFSET, mask)
     return bytes(b)
+
+
+# --- OpenBSD notes, for lldb ------------------------------------------------------------
+# lldb reads a Solo5 image as an OpenBSD executable (its "not OpenBSD" note) and loads it
+# from a core only if the core is OpenBSD's too; it then wants OpenBSD's own register
+# notes. BFD (gdb) would also decode them (a second thread) but matches the owner on
+# namesz bytes, lldb on the NUL-terminated name: namesz 5 over "OpenBSD\0" is "OpenB"
+# to BFD (decoded by type: these types mean nothing to it) and "OpenBSD" to lldb.
+OPENBSD_OWNER, OPENBSD_NAMESZ = b"OpenBSD\0", 5
+NT_OPENBSD_PROCINFO, NT_OPENBSD_AUXV, NT_OPENBSD_REGS, NT_OPENBSD_FPREGS = 10, 11, 20, 21
+# struct elfcore_procinfo: version, size, signo, sigcode, 4 signal sets, pid, ppid, pgrp,
+# sid, 6 ids, name[32]
+OPENBSD_PROCINFO = struct.Struct("<8I4i6I32s")
+assert OPENBSD_PROCINFO.size == 0x68
+# struct reg (amd64)
+OPENBSD_REG_FIELDS = ("rdi", "rsi", "rdx", "rcx", "r8", "r9", "r10", "r11", "r12", "r13",
+                      "r14", "r15", "rbp", "rbx", "rax", "rsp", "rip", "rflags", "cs", "ss",
+                      "ds", "es", "fs", "gs")
+OPENBSD_REG = struct.Struct("<24Q")
+
+
+def pack_openbsd_note(ntype: int, desc: bytes) -> bytes:
+    return NHDR.pack(OPENBSD_NAMESZ, len(desc), ntype) + OPENBSD_OWNER + _pad(bytes(desc))
+
+
+def pack_openbsd_notes(regs, fxsave: bytes, signal: int, pid: int, name: str,
+                       entry: int) -> bytes:
+    """The four notes lldb's OpenBSD core reader needs (regs: arch.x86_64.Regs)."""
+    procinfo = OPENBSD_PROCINFO.pack(1, OPENBSD_PROCINFO.size, signal, 0, 0, 0, 0, 0,
+                                     pid, pid, pid, pid, 0, 0, 0, 0, 0, 0,
+                                     name.encode("utf-8", "replace")[:31])
+    gp = OPENBSD_REG.pack(*(getattr(regs, f) & 0xFFFFFFFFFFFFFFFF
+                            for f in OPENBSD_REG_FIELDS))
+    return b"".join((pack_openbsd_note(NT_OPENBSD_PROCINFO, procinfo),
+                     pack_openbsd_note(NT_OPENBSD_AUXV, pack_auxv(entry)),
+                     pack_openbsd_note(NT_OPENBSD_REGS, gp),
+                     pack_openbsd_note(NT_OPENBSD_FPREGS, fxsave)))
 
 
 # --- UKDBG notes: name "UKDBG", one type per record (docs/core-format.md) --------------

@@ -9,6 +9,7 @@ import errno
 import os
 import struct
 
+from ..elf import ElfFormatError, iter_notes
 from ..errors import CoreFormatError, TargetError
 from ..target import MemoryRegion
 from . import format as F
@@ -182,17 +183,11 @@ class CoreFile:
         self._decode()
 
     def _parse_notes(self, raw: bytes) -> None:
-        pos = 0
-        while pos + F.NHDR.size <= len(raw):
-            namesz, descsz, ntype = F.NHDR.unpack_from(raw, pos)
-            name_off = pos + F.NHDR.size
-            desc_off = name_off + ((namesz + 3) & ~3)
-            end = desc_off + ((descsz + 3) & ~3)
-            if desc_off + descsz > len(raw):
-                raise _bad(self.path, "a note runs past the end of its segment")
-            name = raw[name_off:name_off + namesz].split(b"\0", 1)[0].decode("latin-1")
-            self.notes.append(Note(name, ntype, raw[desc_off:desc_off + descsz]))
-            pos = end
+        try:
+            for name, ntype, off, size in iter_notes(raw):
+                self.notes.append(Note(name, ntype, raw[off:off + size]))
+        except ElfFormatError as e:
+            raise _bad(self.path, str(e)) from None
 
     def find_note(self, name: str, ntype: int):
         for n in self.notes:

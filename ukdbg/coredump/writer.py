@@ -84,6 +84,9 @@ def build_notes(src: CoreSource, data_off: int) -> bytes:
         area, xcr0 = src.xsave
         # The legacy area must agree with NT_FPREGSET (KVM's copy already does).
         notes.append(F.pack_note("LINUX", F.NT_X86_XSTATE, F.pack_xstate(area, xcr0)))
+    # After "LINUX": lldb takes the last owner it knows for the core's OS.
+    notes.append(F.pack_openbsd_notes(src.regs, src.fpu.to_fxsave(), src.signal, src.pid,
+                                      src.app_name, src.entry))
     u = F.UKDBG_NAME
     if src.sregs is not None:
         notes.append(F.pack_note(u, F.NT_UKDBG_SREGS, src.sregs))
@@ -134,15 +137,23 @@ def _pwrite_all(fd: int, data, off: int) -> None:
         off += n
 
 
-def write_core(src: CoreSource, fd: int) -> int:
-    """Write the core into fd (an empty regular file); returns its (apparent) size."""
+_STEP = 64 << 20          # bytes written between two progress reports
+
+
+def write_core(src: CoreSource, fd: int, progress=None) -> int:
+    """Write the core into fd (an empty regular file); returns its (apparent) size.
+    progress: fn(bytes) called as guest memory is written (ukdbg.progress.Bar.advance)."""
     head, data_off, size = layout(src)
     os.ftruncate(fd, size)
     _pwrite_all(fd, head, 0)
     phys = memoryview(src.phys)
     for lo, hi in src.phys_extents:
-        if hi > lo:
-            _pwrite_all(fd, phys[lo:hi], data_off + lo)
+        while hi > lo:
+            step = min(hi - lo, _STEP) if progress else hi - lo
+            _pwrite_all(fd, phys[lo:lo + step], data_off + lo)
+            lo += step
+            if progress:
+                progress(step)
     for gpa, byte in src.patches.items():
         if 0 <= gpa < len(phys):
             os.pwrite(fd, bytes((byte,)), data_off + gpa)
@@ -154,13 +165,15 @@ def _why(e: OSError) -> str:
     return sandbox.describe(e, "core writer") or e.strerror or str(e)
 
 
-def write_core_file(src: CoreSource, path: str, *, unique: bool = True) -> str:
+def write_core_file(src: CoreSource, path: str, *, unique: bool = True,
+                    progress=None) -> str:
     """Write atomically and never overwrite. The core is written into an unnamed
     O_TMPFILE in the target directory, fsynced, then linked in under its name
     (linkat through /proc/self/fd): a dump killed at any point, even by SIGKILL, leaves
     nothing behind. Filesystems without O_TMPFILE fall back to a named temporary file
     (which a SIGKILL can leave). unique: if path exists, try path.1, path.2, ...; else
-    fail. Returns the path written. Raises CoreWriteError."""
+    fail. Returns the path written. Raises CoreWriteError. progress: as for
+    write_core."""
     d = os.path.dirname(path) or "."
     try:
         dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -169,9 +182,9 @@ def write_core_file(src: CoreSource, path: str, *, unique: bool = True) -> str:
     try:
         fd = _open_unnamed(d, dfd)
         if fd is None:
-            return _write_named_tmp(src, path, d, unique)
+            return _write_named_tmp(src, path, d, unique, progress)
         try:
-            write_core(src, fd)
+            write_core(src, fd, progress)
             os.fsync(fd)
             # linkat(AT_SYMLINK_FOLLOW) of the /proc link names the open file itself
             # (os.link uses linkat only when given a dir fd).
@@ -202,7 +215,7 @@ def _open_unnamed(d: str, dfd: int):
         raise CoreWriteError(f"cannot write a core in {d}: {_why(e)}") from None
 
 
-def _write_named_tmp(src: CoreSource, path: str, d: str, unique: bool) -> str:
+def _write_named_tmp(src: CoreSource, path: str, d: str, unique: bool, progress) -> str:
     """The fallback: a temporary file in the same directory, fsync, then a link."""
     tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}."
                           f"{os.urandom(3).hex()}.tmp")
@@ -212,7 +225,7 @@ def _write_named_tmp(src: CoreSource, path: str, d: str, unique: bool) -> str:
         raise CoreWriteError(f"cannot write a core in {d}: {_why(e)}") from None
     try:
         try:
-            write_core(src, fd)
+            write_core(src, fd, progress)
             os.fsync(fd)
         finally:
             os.close(fd)

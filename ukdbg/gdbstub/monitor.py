@@ -6,6 +6,7 @@ import errno
 from ..arch import mmu
 from ..arch.x86_64 import CR0_BITS, CR4_BITS, EFER_BITS, RFLAGS_BITS, decode_bits
 from ..errors import TargetError, UkdbgError
+from ..units import size as _size
 
 HELP = """\
 ukdbg monitor commands:
@@ -35,14 +36,6 @@ def run(target, line: str, owner: bool = False) -> str:
 
 def cmd_help(target, args):
     return HELP
-
-
-def _size(n):
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def cmd_info(target, args):

@@ -252,6 +252,10 @@ class GdbServer:
             return b"vCont;c;C;s;S;t" if self.r else b""
         if name == "qSymbol::":
             return b"OK"
+        if name == "qOffsets":
+            # The image runs at its link address. lldb needs this to place it: it takes
+            # a Solo5 image for OpenBSD's and has no loader of its own for that.
+            return b"Text=0;Data=0;Bss=0"
         if name == "qHostInfo":
             return self._host_info()
         if name == "qProcessInfo":

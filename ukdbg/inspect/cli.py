@@ -45,8 +45,10 @@ def parse(argv):
 
 def core_main(argv) -> int:
     a = parse(argv)
+    from ..progress import Spinner
     from .session import open_core
-    session = open_core(a.core, app=a.app)
+    with Spinner(f"loading {a.core}"):      # shown on a terminal after 0.5 s
+        session = open_core(a.core, app=a.app)
     for w in session.warnings:
         sys.stderr.write(f"ukdbg: warning: {w}\n")
     sys.stderr.flush()

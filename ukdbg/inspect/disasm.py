@@ -2,6 +2,8 @@
 no printing: commands decorate the records and render.py draws them.
 """
 
+import re
+
 
 class Instruction:
     __slots__ = ("addr", "size", "raw", "mnemonic", "operands", "target")
@@ -45,8 +47,8 @@ class Disassembler:
         while pos < len(code) and (not count or len(out) < count):
             got = False
             for (a, size, mn, ops) in cs.disasm_lite(code[pos:], addr + pos):
-                out.append(Instruction(a, size, bytes(code[pos:pos + size]), mn, ops,
-                                       _target(mn, ops)))
+                out.append(Instruction(a, size, bytes(code[pos:pos + size]), mn,
+                                       hex_operands(mn, ops), _target(mn, ops)))
                 pos += size
                 got = True
                 if count and len(out) >= count:
@@ -62,6 +64,28 @@ class Disassembler:
 
 
 _BRANCH = ("call", "jmp", "j", "loop")
+# Capstone prints numbers below 10, and some 64-bit ones, in decimal
+# (`movabsq $9838263505978427528, %r8` beside `$0x1111111111111111`); gdb prints hex
+# throughout: immediates as unsigned values of the operand size, displacements signed.
+_IMM = re.compile(r"\$(-?\d+)(?![\dx])")
+_DISP = re.compile(r"(?<![\w$])(-?\d+)(?=\(|$|,)")
+_BITS = {"b": 8, "w": 16, "l": 32, "q": 64}
+
+
+def hex_operands(mnemonic: str, ops: str) -> str:
+    if not ops or not any(c.isdigit() for c in ops):
+        return ops
+
+    def imm(m):
+        v = int(m.group(1))
+        if v < 0:
+            v &= (1 << _BITS.get(mnemonic[-1:], 64)) - 1
+        return f"${v:#x}"
+
+    def disp(m):
+        v = int(m.group(1))
+        return f"-{-v:#x}" if v < 0 else f"{v:#x}"
+    return _DISP.sub(disp, _IMM.sub(imm, ops))
 
 
 def _target(mnemonic: str, operands: str):

@@ -5,6 +5,8 @@ terminal width or trailing padding (what the golden tests compare).
 
 from rich.text import Text
 
+from ..units import size as _size
+
 ADDR, SYM, LINE, ERR, HEAD, DIM, MARK, VAL = ("cyan", "yellow", "green", "bold red",
                                               "bold", "dim", "bold red", "")
 
@@ -27,14 +29,25 @@ def error(msg: str) -> list:
     return [Text(msg, style=ERR)]
 
 
+def color_wanted(file) -> bool:
+    """Styles (colour, bold, dim) on a terminal, unless NO_COLOR is set (no-color.org):
+    then none at all, not even bold. `--color always` still forces them."""
+    import os
+    if os.environ.get("NO_COLOR"):
+        return False
+    try:
+        return bool(file.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
 class Output:
     """Where rendered views go: a rich Console on a terminal, plain text otherwise."""
 
     def __init__(self, file, color=None):
         self.file = file
         if color is None:
-            isatty = getattr(file, "isatty", None)
-            color = bool(isatty and isatty())
+            color = color_wanted(file)
         self.color = color
         self._console = None
 
@@ -207,12 +220,6 @@ def _mem(v):
 MAX_RUNS = 12
 
 
-def _size(n: int) -> str:
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if n >= 1 << shift and n % (1 << (shift - 4)) == 0 or n >= 10 << shift:
-            v = n / (1 << shift)
-            return f"{v:.1f} {unit}".replace(".0 ", " ")
-    return f"{n} B"
 
 
 # --- disassembly -----------------------------------------------------------------------------
@@ -330,6 +337,9 @@ def _history(v):
     return out
 
 
+_SELECTORS = frozenset(("cs", "ss", "ds", "es", "fs", "gs"))
+
+
 # --- the crash report ----------------------------------------------------------------------
 def _report(r):
     out = [_t(("ukdbg: ", HEAD), (r.headline, ERR))]
@@ -354,13 +364,14 @@ def _report(r):
             out.append(_t(("   (... " + str(r.frames_more) + " more)", DIM)))
     if r.registers:
         out.append(_t(("registers:", HEAD)))
-        row = Text("  ")
-        for k, (n, v) in enumerate(r.registers):
-            if k and k % 4 == 0:
-                out.append(row)
-                row = Text("  ")
-            row.append_text(_t(f"{n:<7}", (f"{v:#018x}", VAL), "  "))
-        out.append(row)
+        for regs in r.registers:
+            row = Text("  ")
+            for n, v in regs:
+                # selectors are 16-bit: 0x0008, not 16 digits of zeros
+                sel = n in _SELECTORS
+                row.append_text(_t(f"{n} " if sel else f"{n:<8}",
+                                   (f"{v:#06x}" if sel else f"{v:#018x}", VAL), "  "))
+            out.append(row)
     if r.console:
         n = len(r.console)
         out.append(_t((f"console (last {'line' if n == 1 else f'{n} lines'}):", HEAD)))

@@ -91,6 +91,9 @@ def run_repl(session, out, input=None, output=None, history=...) -> int:
     from prompt_toolkit import PromptSession
     from .cli import run_one
     from .commands import QUIT, info
+    # Cursor position requests only help place the completion menu; pexpect and IDE
+    # consoles never answer them, and prompt_toolkit then prints a warning after 2 s.
+    os.environ.setdefault("PROMPT_TOOLKIT_NO_CPR", "1")
     ps = PromptSession(history=_history(history_path() if history is ... else history),
                        completer=UkdbgCompleter(session), complete_while_typing=False,
                        input=input, output=output)

@@ -7,8 +7,12 @@ import os
 import shlex
 from dataclasses import dataclass, field
 
-KEY_REGS = ("rip", "rsp", "rbp", "rflags", "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "r8",
-            "r9")
+# Every register, as printed (one tuple a row): all GPRs, rip and rflags, the segment
+# selectors and bases, and the control registers a fault is explained by.
+REG_ROWS = (("rip", "rsp", "rbp", "rflags"), ("rax", "rbx", "rcx", "rdx"),
+            ("rsi", "rdi", "r8", "r9"), ("r10", "r11", "r12", "r13"),
+            ("r14", "r15", "fs_base", "gs_base"), ("cr0", "cr2", "cr3", "cr4"),
+            ("efer", "cs", "ss", "ds", "es", "fs", "gs"))
 MAX_FRAMES = 16
 CONSOLE_LINES = 5
 
@@ -22,7 +26,7 @@ class Report:
     fault_source: str = ""
     frames: list = field(default_factory=list)         # [commands.frames.FrameRow]
     frames_more: int = 0
-    registers: list = field(default_factory=list)      # [(name, value)]
+    registers: list = field(default_factory=list)      # [[(name, value)]], REG_ROWS
     console: list = field(default_factory=list)
     events: list = field(default_factory=list)         # [commands.history.EventRow]
     events_error: str = ""                             # why there are none
@@ -36,7 +40,7 @@ class Report:
         d.update(self.data)
         d["instruction"] = self.instruction.to_json() if self.instruction else None
         d["backtrace"] = [f.to_json() for f in self.frames]
-        d["registers"] = {n: v for n, v in self.registers}
+        d["registers"] = {n: v for row in self.registers for n, v in row}
         d["console"] = self.console
         d["last_events"] = [e.to_json() for e in self.events]
         d["core"] = self.core or None
@@ -108,8 +112,7 @@ def build(session, app_name=None, core=None, no_core="") -> Report:
     r.frames_more = max(0, len(bt.frames) - MAX_FRAMES)
     data["backtrace_end"] = bt.end
 
-    names = KEY_REGS + (("cr2",) if f.vector == 14 else ())
-    r.registers = [(n, getattr(regs, n)) for n in names]
+    r.registers = [[(n, getattr(regs, n)) for n in row] for row in REG_ROWS]
 
     from .commands.console import tail_lines
     r.console = tail_lines(f.console or b"", CONSOLE_LINES)

@@ -227,80 +227,72 @@ def _step_fp(state, lookup, symbols, mem):
     return new, cfa, False, False
 
 
+_PARSER = None
+_M64 = (1 << 64) - 1
+_BINARY = {"DW_OP_plus": lambda a, b: a + b, "DW_OP_minus": lambda a, b: a - b,
+           "DW_OP_mul": lambda a, b: a * b, "DW_OP_and": lambda a, b: a & b,
+           "DW_OP_or": lambda a, b: a | b, "DW_OP_xor": lambda a, b: a ^ b,
+           "DW_OP_shl": lambda a, b: a << b, "DW_OP_shr": lambda a, b: (a & _M64) >> b}
+_CONSTS = {"DW_OP_const1u", "DW_OP_const1s", "DW_OP_const2u", "DW_OP_const2s",
+           "DW_OP_const4u", "DW_OP_const4s", "DW_OP_const8u", "DW_OP_const8s",
+           "DW_OP_constu", "DW_OP_consts", "DW_OP_addr"}
+
+
+def _ops(expr):
+    """pyelftools' DWARFExprParser decodes the expression (opcodes, LEB128 operands)."""
+    global _PARSER
+    if _PARSER is None:
+        from elftools.dwarf.dwarf_expr import DWARFExprParser
+        from elftools.dwarf.structs import DWARFStructs
+        _PARSER = DWARFExprParser(DWARFStructs(little_endian=True, dwarf_format=32,
+                                               address_size=8))
+    return _PARSER.parse_expr(list(expr))
+
+
 def _eval(expr, state, mem, cfa):
-    """A DWARF expression subset (what CFI uses): registers, constants, arithmetic,
-    deref. Returns the top of stack, or None when it cannot be computed."""
-    code = bytes(expr)
+    """Evaluate a DWARF expression (the stack machine CFI needs: registers, constants,
+    arithmetic, stack ops, deref). Returns the top of stack, or None when it cannot be
+    computed (an op outside that set, an unknown register, unreadable memory)."""
     stack = [cfa] if cfa is not None else []
-    i = 0
     try:
-        while i < len(code):
-            op = code[i]
-            i += 1
-            if 0x70 <= op <= 0x8F:                  # DW_OP_breg0..31 sleb
-                off, i = _sleb(code, i)
-                stack.append(state[op - 0x70] + off)
-            elif 0x50 <= op <= 0x6F:                # DW_OP_reg0..31
-                stack.append(state[op - 0x50])
-            elif 0x30 <= op <= 0x4F:                # DW_OP_lit0..31
-                stack.append(op - 0x30)
-            elif op == 0x06:                        # deref
-                v = mem.u64(stack.pop())
+        for op in _ops(expr):
+            n, args = op.op_name, op.args
+            if n.startswith("DW_OP_breg") and n != "DW_OP_bregx":
+                stack.append(state[int(n[10:])] + args[0])
+            elif n == "DW_OP_bregx":
+                stack.append(state[args[0]] + args[1])
+            elif n.startswith("DW_OP_reg") and n != "DW_OP_regx":
+                stack.append(state[int(n[9:])])
+            elif n.startswith("DW_OP_lit"):
+                stack.append(int(n[9:]))
+            elif n in _CONSTS:
+                stack.append(args[0])
+            elif n == "DW_OP_deref":
+                v = mem.u64(stack.pop() & _M64)
                 if v is None:
                     return None
                 stack.append(v)
-            elif op == 0x08:                        # const1u
-                stack.append(code[i])
-                i += 1
-            elif op == 0x09:                        # const1s
-                stack.append(int.from_bytes(code[i:i + 1], "little", signed=True))
-                i += 1
-            elif op == 0x10:                        # constu
-                v, i = _uleb(code, i)
-                stack.append(v)
-            elif op == 0x11:                        # consts
-                v, i = _sleb(code, i)
-                stack.append(v)
-            elif op == 0x23:                        # plus_uconst
-                v, i = _uleb(code, i)
-                stack.append(stack.pop() + v)
-            elif op == 0x22:                        # plus
+            elif n == "DW_OP_plus_uconst":
+                stack.append(stack.pop() + args[0])
+            elif n in _BINARY:
                 b, a = stack.pop(), stack.pop()
-                stack.append(a + b)
-            elif op == 0x1C:                        # minus
-                b, a = stack.pop(), stack.pop()
-                stack.append(a - b)
-            elif op == 0x1A:                        # and
-                b, a = stack.pop(), stack.pop()
-                stack.append(a & b)
-            elif op == 0x12:                        # dup
+                stack.append(_BINARY[n](a, b))
+            elif n == "DW_OP_neg":
+                stack.append(-stack.pop())
+            elif n == "DW_OP_dup":
                 stack.append(stack[-1])
+            elif n == "DW_OP_drop":
+                stack.pop()
+            elif n == "DW_OP_over":
+                stack.append(stack[-2])
+            elif n == "DW_OP_pick":
+                stack.append(stack[-1 - args[0]])
+            elif n == "DW_OP_swap":
+                stack[-1], stack[-2] = stack[-2], stack[-1]
             else:
                 return None
-    except (IndexError, KeyError):
+    except (IndexError, KeyError, ValueError, TypeError):
         return None
-    return stack[-1] & (1 << 64) - 1 if stack else None
-
-
-def _uleb(b, i):
-    v = shift = 0
-    while True:
-        c = b[i]
-        i += 1
-        v |= (c & 0x7F) << shift
-        shift += 7
-        if not c & 0x80:
-            return v, i
-
-
-def _sleb(b, i):
-    v = shift = 0
-    while True:
-        c = b[i]
-        i += 1
-        v |= (c & 0x7F) << shift
-        shift += 7
-        if not c & 0x80:
-            if c & 0x40:
-                v -= 1 << shift
-            return v, i
+    except Exception:           # pyelftools on a truncated or unknown opcode
+        return None
+    return stack[-1] & _M64 if stack else None

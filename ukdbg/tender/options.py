@@ -44,6 +44,15 @@ management:
                                docs/security.md)
   -h, --help                   this help;  --version  the version
 
+solo5-hvt spellings (a solo5-hvt command line runs unchanged):
+  --mem=MB --block:NAME=PATH --block-sector-size:NAME=N --net:NAME=IFACE
+  --net-mac:NAME=MAC           the same as above (--net:NAME=@FD, a passed fd, is refused)
+  --gdb                        bare (solo5-hvt-debug): --gdb 127.0.0.1:1234 --gdb-wait
+  --gdb-port=PORT              --gdb 127.0.0.1:PORT; with a bare --gdb (either order):
+                               --gdb 127.0.0.1:PORT --gdb-wait
+  --dumpcore=DIR               --core-dir DIR (ukdbg writes cores on any crash anyway)
+  --wait-gdb                   --gdb-wait
+
 exit status:
   0-255     the guest's own exit status (255: solo5_abort, a failed assert, a trap)
   1         the monitor could not start the guest (image, KVM, devices)
@@ -192,8 +201,8 @@ def parse_run(argv: list) -> RunOptions:
             elif i < n and (_is_gdb_address(argv[i]) or _looks_like_address(argv[i])):
                 val_ = argv[i]
                 i += 1
-            else:                       # solo5-hvt-debug's bare --gdb
-                val_ = "127.0.0.1:1234"
+            else:                       # solo5-hvt-debug's bare --gdb (keeps --gdb-port)
+                val_ = o.gdb or "127.0.0.1:1234"
                 o.gdb_wait = True
             if not _is_gdb_address(val_):
                 raise UsageError(f"--gdb {val_}: expected [HOST:]PORT or unix:PATH")

@@ -121,8 +121,12 @@ def dump(m, stop=None, path=None) -> str:
     registers); path: exact file name (must not exist), else <core-dir>/<app>.<pid>.core
     (or .1, .2, ... if taken). Raises UkdbgError with a one-line message."""
     from ...coredump.writer import write_core_file
+    from ...progress import Bar
     from ..core_source import build_source
     src = build_source(m, stop)
-    if path is None:
-        return write_core_file(src, default_path(m), unique=True)
-    return write_core_file(src, path, unique=False)
+    # A bar on a terminal once the dump has taken 0.5 s (4 GiB, 512 MiB touched: ~2 s).
+    with Bar("writing core", sum(hi - lo for lo, hi in src.phys_extents)) as bar:
+        if path is None:
+            return write_core_file(src, default_path(m), unique=True,
+                                   progress=bar.advance)
+        return write_core_file(src, path, unique=False, progress=bar.advance)

@@ -28,6 +28,11 @@ def on_end(m, stop) -> None:
 
 
 def _stderr_is_tty() -> bool:
+    """Whether to style the report (inspect.render.color_wanted, without importing rich
+    for a guest that ends well)."""
+    import os
+    if os.environ.get("NO_COLOR"):
+        return False
     try:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):
