@@ -85,7 +85,12 @@ class Recorder:
         w.add(F.R_META, json.dumps(meta, sort_keys=True).encode())
         w.add(F.R_IMAGE, image)
         w.add(F.R_CPUID, bytes(m.kvm.supported_cpuid()))
-        w.flush()
+        limit, w.limit = w.limit, None
+        w.flush()                   # the boot state is never cut
+        w.limit = limit
+        if limit is not None and w.written + 64 > limit:
+            raise UkdbgError(f"--record-limit {limit}: the recording's boot state alone "
+                             f"takes {w.written} bytes", "give a larger limit")
 
     # --- hypercalls ---------------------------------------------------------------------
     def wrap(self, nr, fn):

@@ -363,7 +363,7 @@ class Replayer:
             if gva == self.pos_gva:
                 r = self._check_position()
                 if r is not None:
-                    return r
+                    return r            # HANDLED (applied here) or a Stop
             if gva in self.sites:
                 r = self._emulate(m, gva)
                 return HANDLED if r is None else r
@@ -383,15 +383,10 @@ class Replayer:
         words = F.EXT_HEAD.unpack_from(p)[1:]
         if not self._at(words):
             return None
-        gva = self.pos_gva
         r = self._after_event()
-        if r is not None:
-            return r
-        if self.pos_gva != gva and gva not in self.sites:
-            # The breakpoint went away with the event; the vCPU still sits on it (PVM
-            # reports the int3 before it runs): it now runs the original instruction.
-            pass
-        return None
+        # Applied. If the breakpoint went away with the event, the vCPU (stopped on
+        # the int3, before it) now runs the original instruction.
+        return HANDLED if r is None else r
 
     def _step_over(self, gva) -> None:
         dc = self.m.debug
@@ -418,8 +413,10 @@ class Replayer:
         try:
             if gva == self.pos_gva:
                 r = self._check_position()
-                if r is not None:
+                if r is not None and r is not HANDLED:
                     return r
+                if r is HANDLED and m.vcpu.get_regs().rip != gva:
+                    return None         # the event moved the vCPU: nothing to step
             if gva in self.sites:
                 return self._emulate(m, gva)
         except _Stop as s:
