@@ -204,9 +204,10 @@ class Recorder:
         self.emulate(m, gva)
         return HANDLED
 
-    def emulate(self, m, gva):
+    def emulate(self, m, gva, k=None):
         site = self.sites[gva]
-        k = m.vcpu.get_regs()
+        if k is None:
+            k = m.vcpu.get_regs()
         value, aux = traps.live_values(m, site)
         traps.apply(k, site, value, aux)
         m.vcpu.set_regs(k)
@@ -288,6 +289,7 @@ def setup(m, opts) -> None:
         planted = dc.add_sw_many(list(r.sites), OWNER)
         if len(planted) != len(r.sites):
             raise UkdbgError("--record: could not plant a trap on every RDTSC/RDRAND")
+        m.vmexit_hooks.insert(0, traps.fast_hook(m, r.sites, OWNER, r.emulate))
     m.write_observers.append(r.on_write)
     m.ending_hooks.insert(0, r.on_end)
     m.events.idle_hooks.append(r.w.flush)

@@ -144,6 +144,9 @@ class Replayer:
             if len(planted) != len(self.sites):
                 raise UkdbgError("replay: could not plant a trap on every RDTSC/RDRAND")
         dc._install_hook()
+        if self.sites:
+            m.vmexit_hooks.insert(0, traps.fast_hook(
+                m, self.sites, OWNER, self._fast_emulate, lambda gva: gva == self.pos_gva))
         m.vmexit_hooks.insert(0, self._step_hook)
         m.write_observers.append(self._user_write)
 
@@ -423,7 +426,13 @@ class Replayer:
             return s.stop
         return NotImplemented
 
-    def _emulate(self, m, gva):
+    def _fast_emulate(self, m, gva, k):
+        try:
+            return self._emulate(m, gva, k)
+        except _Stop as s:
+            return s.stop
+
+    def _emulate(self, m, gva, k=None):
         site = self.sites[gva]
         name = F.TRAP_NAMES[site.kind]
         happened = f"{name} at {m.describe(gva)}"
@@ -431,7 +440,8 @@ class Replayer:
         kind, rip, value, aux = F.TRAP_ST.unpack(p)
         if kind != site.kind or rip != gva:
             raise self.diverge(happened)
-        k = m.vcpu.get_regs()
+        if k is None:
+            k = m.vcpu.get_regs()
         traps.apply(k, site, value, aux)
         m.vcpu.set_regs(k)
         self._trace_line(f"event {self.cursor.index}: {name} at {gva:#x} = {value:#x}")
