@@ -342,3 +342,26 @@ def test_gdb_on_a_replay_breaks_steps_and_reads_registers(app, tmp_path):
     assert re.search(r"^r15\s+0x", text, re.M)
     assert re.search(r"Old value = .*\nNew value = \(struct item \*\) 0x40000", text), text
     assert "SIGSEGV" in text
+
+
+def test_pause_and_resume_are_recorded_at_their_position(app, tmp_path):
+    from running import RuntimeDir
+    from ukdbg.replay import format as F
+    rt = RuntimeDir()
+    rec = os.path.join(str(tmp_path), "p.rec")
+    try:
+        with Background(["run", "--mem=8", "--record", rec, app("time"), "12"],
+                        env={"XDG_RUNTIME_DIR": rt.path}) as g:
+            g.wait_for(lambda: g.stdout().count("t=") >= 3, "three lines")
+            g.wait_for(lambda: rt.cli("pause", g.pid).returncode == 0, "a pause")
+            time.sleep(0.3)
+            assert rt.cli("resume", g.pid).returncode == 0
+            assert g.wait() == 0, g.stderr()
+            out = g.stdout()
+    finally:
+        rt.cleanup()
+    kinds = [p[0] for t, p in F.Recording(rec).events if t == F.R_EXT]
+    assert kinds == [F.X_PAUSE, F.X_RESUME]
+    p = replay(str(tmp_path), rec, "--trace")
+    assert p.returncode == 0 and p.stdout == out
+    assert re.search(r"\[replay\] event \d+: pause at rip=0x", p.stderr), p.stderr

@@ -228,6 +228,8 @@ class Recorder:
             self.ext(F.X_REGS, data, k.pack() + s.pack())
         elif kind == "fpu":
             self.ext(F.X_FPU, m.vcpu.get_regs(), fpu_image(m))
+        elif kind in ("pause", "resume"):
+            self.ext(F.X_PAUSE if kind == "pause" else F.X_RESUME, m.vcpu.get_regs())
 
     def on_end(self, m, stop):
         if self.ended:

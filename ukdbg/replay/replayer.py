@@ -450,7 +450,7 @@ class Replayer:
 
     # --- the user's own writes ---------------------------------------------------------------
     def _user_write(self, m, kind, data):
-        if self.user_wrote is None:
+        if kind in ("mem", "regs", "fpu") and self.user_wrote is None:
             self.user_wrote = self.cursor.index
             sys.stderr.write(f"ukdbg: replay: the debugger wrote guest {kind} at event "
                              f"{self.cursor.index}: the replay goes on, and diverges if "
