@@ -22,6 +22,9 @@ MODULES = (
     ("tender.modules.block", lambda o: bool(o.blocks)),
     ("tender.modules.net", lambda o: bool(o.nets)),
     ("tender.traps", lambda o: True),
+    # issue 10: --record FILE (after the hypercall modules: it wraps their entries;
+    # before the gdb listener opens: its set-up scans the image)
+    ("replay.recorder", lambda o: bool(o.record)),
     # issue 4: cores (its ending hook must run first: it sets m.core_path)
     ("tender.modules.dumpcore", lambda o: not o.no_core or bool(o.core_on)),
     # issue 5: the crash report (after dumpcore: it prints m.core_path)
@@ -33,8 +36,6 @@ MODULES = (
     ("tender.modules.timeout", lambda o: bool(o.timeout)),
     ("tender.modules.log", lambda o: bool(o.log or o.console)),
     ("tender.modules.control", lambda o: o.control),
-    # issue 10: --record FILE (last: it wraps every hypercall entry, trace's included)
-    ("replay.recorder", lambda o: bool(getattr(o, "record", None))),
 )
 
 # Features a running guest may load later (the control socket's `core` and `gdb`):
