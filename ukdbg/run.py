@@ -22,6 +22,9 @@ MODULES = (
     ("tender.modules.block", lambda o: bool(o.blocks)),
     ("tender.modules.net", lambda o: bool(o.nets)),
     ("tender.traps", lambda o: True),
+    # issue 10: --record FILE (after the hypercall modules: it wraps their entries;
+    # before the gdb listener opens: its set-up scans the image)
+    ("replay.recorder", lambda o: bool(o.record)),
     # issue 4: cores (its ending hook must run first: it sets m.core_path)
     ("tender.modules.dumpcore", lambda o: not o.no_core or bool(o.core_on)),
     # issue 5: the crash report (after dumpcore: it prints m.core_path)
@@ -66,6 +69,8 @@ def prepare(argv: list, only=None, warn=warn):
                 _import(name).setup(m, opts)
         check_devices_attached(m)
         write_boot_info(m, " ".join(opts.args).encode())
+        for hook in getattr(m, "boot_hooks", ()):
+            hook(m)             # the boot state is final (--record writes it)
     except BaseException:
         m.close()
         raise

@@ -39,6 +39,9 @@ management:
   --trace-summary              print a table of hypercalls at exit (strace -c style)
   --log FILE                   append JSON lines for lifecycle events
   --console FILE               also copy the guest's console output to FILE
+record and replay:
+  --record FILE                record every input of the run to FILE (ukdbg replay FILE)
+  --record-limit SIZE          stop recording (not the guest) at SIZE bytes (e.g. 100M)
   --no-control                 do not open the control socket (ukdbg ps/status/...)
   --no-sandbox                 no seccomp filter after set-up (debugging ukdbg itself;
                                docs/security.md)
@@ -97,6 +100,8 @@ class RunOptions:
         self.console = None
         self.control = True
         self.sandbox = True           # seccomp after set-up (ukdbg/sandbox.py)
+        self.record = None            # --record FILE (docs/replay.md)
+        self.record_limit = None      # bytes
         self.app = None
         self.args = []
         self.argv = []
@@ -106,7 +111,8 @@ class RunOptions:
 _VALUED = {"--mem": "mem", "--gdb-port": "gdb_port", "--core-dir": "core_dir",
            "--dumpcore": "core_dir", "--core-on": "core_on", "--report": "report",
            "--timeout": "timeout", "--log": "log", "--console": "console",
-           "--flight": "flight"}
+           "--flight": "flight",
+           "--record": "record", "--record-limit": "record_limit"}
 _FLAGS = {"--gdb-wait": "gdb_wait", "--wait-gdb": "gdb_wait", "--gdb-on-crash": "gdb_on_crash",
           "--gdb-allow-remote": "gdb_allow_remote",
           "--no-core": "no_core", "--trace-summary": "trace_summary"}
@@ -233,6 +239,8 @@ def parse_run(argv: list) -> RunOptions:
         raise UsageError("missing APP (the unikernel to run)", "see ukdbg run --help")
     if o.gdb_wait and o.gdb is None:
         o.gdb = "127.0.0.1:1234"
+    if o.record_limit is not None and o.record is None:
+        raise UsageError("--record-limit needs --record FILE")
     return o
 
 
@@ -274,6 +282,21 @@ def _set_valued(o, opt, val):
         o.log = val
     elif opt == "--console":
         o.console = val
+    elif opt == "--record":
+        o.record = val
+    elif opt == "--record-limit":
+        o.record_limit = parse_size(val, opt)
+
+
+def parse_size(val: str, opt: str) -> int:
+    """'4096', '64k', '100M', '2G' -> bytes."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    v = val.strip().upper().removesuffix("B").removesuffix("I")
+    u = v[-1:] if v[-1:] in units else ""
+    num = v[:-1] if u else v
+    if not num.isdigit() or int(num) <= 0:
+        raise UsageError(f"{opt} {val}: expected a size in bytes (e.g. 4096, 64k, 100M)")
+    return int(num) * units[u]
 
 
 def _help():

@@ -297,6 +297,8 @@ def hold(ctl):
     t0 = time.monotonic()
     _log(m, "pause", source="control")
     flight.log(m, "pause", "control")
+    for obs in m.write_observers:       # --record notes where (docs/replay.md)
+        obs(m, "pause", None)
     stop = None
     try:
         while ctl.paused:
@@ -315,6 +317,8 @@ def hold(ctl):
     if stop is None:
         _log(m, "resume", source="control", paused=round(time.monotonic() - t0, 6))
         flight.log(m, "resume", "control")
+        for obs in m.write_observers:
+            obs(m, "resume", None)
     return stop
 
 
