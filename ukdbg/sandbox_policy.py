@@ -98,6 +98,8 @@ POLICY = (
     ("listen", "the same", None),
     ("accept4", "a control or gdb client", None),
     ("getsockname", "the address a stub bound (port 0)", None),
+    ("getpeername", "a TCP gdb client's address, to find its uid in /proc/net/tcp", None),
+    ("shutdown", "a refused gdb client is half-closed, so it reads the reason", None),
     ("getsockopt", "SO_PEERCRED: the control socket's peer uid; SO_ERROR", None),
     ("setsockopt", "TCP_NODELAY, SO_REUSEADDR", None),
     ("sendto", "replies to gdb and control clients", None),
