@@ -11,7 +11,7 @@ connection and the guest go on.
 import os
 import time
 
-from ...control import wire
+from ...control import paths, wire
 from .. import abi, flight
 
 PROTOCOL = 1
