@@ -138,6 +138,7 @@ class EventsChannel:
     def _readable(self, m):
         self._drain()
         if self._running and (self.ctrl_c or self.eof):
+            flight.log(m, "gdb", "interrupt" if self.ctrl_c else "disconnect")
             return Interrupted()
         return None
 
