@@ -33,7 +33,6 @@ from time import monotonic
 from . import abi
 
 DEFAULT = 1024
-MAX = 1 << 20
 RAW = 40                 # bytes kept per hypercall: the largest struct (BLOCK)
 
 # nr -> (struct, field names) of the hypercall struct, as the guest left it after the call
