@@ -62,7 +62,7 @@ def prepare(argv: list, only=None, warn=warn):
     opts.mem_size = adjust_mem_size(opts.mem_mb, warn)
     m = build_machine(image, opts, warn)
     m.argv = ["ukdbg", "run"] + list(argv)
-    m.features = FEATURES
+    m.features = dict(FEATURES)
     try:
         for name, enabled in MODULES:
             if enabled(opts) and (only is None or name in only):

@@ -267,3 +267,22 @@ def test_gdb_actions_that_change_the_guest_are_recorded(app, tmp_path):
     # the breakpoint stop at main is an exit between `continue` and the writes
     kinds = [e.kind for e in log.events]
     assert "exit" in kinds[kinds.index("gdb") + 2:], kinds
+
+
+@pytest.mark.gdb
+def test_a_gdb_interrupt_is_recorded(app, tmp_path):
+    """Ctrl-C in gdb (a 0x03 byte while the guest runs) is an event; `monitor core`
+    right after it carries it, the last before the core."""
+    import signal
+    import time
+    from gdbguest import Guest
+    core = tmp_path / "int.core"
+    with Guest("loop") as g:
+        p = g.gdb_background("continue", f"monitor core {core}", "kill")
+        g.wait_for_text("looping", g.stdout)
+        time.sleep(0.3)
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=30)
+    assert core.exists(), out
+    gdb = [e.text for e in log_of(str(core)).events if e.kind == "gdb"]
+    assert gdb == ["attach", "continue", "interrupt"], gdb

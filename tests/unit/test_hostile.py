@@ -24,6 +24,7 @@ from ukdbg.tender import abi, loop
 from ukdbg.tender.machine import Machine
 from ukdbg.tender.manifest import Manifest
 from ukdbg.tender.modules import block, core, net
+from ukdbg.tender.flight import FlightRecorder
 from ukdbg.tender.options import RunOptions
 
 MEM = 4 << 20
@@ -90,6 +91,9 @@ def machine(tmp_path_factory):
                          mmap.PROT_READ | mmap.PROT_WRITE)
     os.ftruncate(mem.fd, MEM)                 # ... then the last page is past EOF
     mem.view = memoryview(mem._map)
+    # The flight recorder's slices clamp at the end of the mapping they cut: as in a
+    # real run, give it one of exactly RAM's size (the guard page stays untouched).
+    mem.raw = mmap.mmap(mem.fd, MEM, mmap.MAP_SHARED, mmap.PROT_READ)
     mem.readonly.append(RO)
     image = Image()
     image.manifest = manifest()
@@ -108,6 +112,7 @@ def machine(tmp_path_factory):
     m.hypercalls[abi.HC_NET_READ] = net.net_read
     m.console.fds = []
     m.tap = tap
+    m.flight = FlightRecorder(m, 4)
     return m
 
 
@@ -164,6 +169,15 @@ def test_dispatcher_answers_or_ends_cleanly(machine, nr, gpa, fields, frame):
             pass
     m.vcpu.script = []
     after = bytes(mem.view[:MEM])
+    # The flight recorder kept this hypercall (and HALT, when it got that far), each
+    # with at most the 40 bytes of RAM at its pointer, and decodes them.
+    last = m.flight.ring[-1]
+    if isinstance(stop, Exited) and nr != abi.HC_HALT:
+        assert last[2:4] == (abi.HC_HALT, HALT_GPA)
+        last = m.flight.ring[-2]
+    if 0x500 <= port < 0x500 + abi.HC_MAX:
+        assert last[2:4] == (nr, gpa) and last[4] == after[gpa:gpa + 40]
+    m.flight.events()
 
     if not 0x500 <= port < 0x500 + abi.HC_MAX:
         assert isinstance(stop, Crashed) and stop.cause == "bad-port"

@@ -282,6 +282,7 @@ class LiveDebugger:
 
     def interrupt(self) -> None:
         """Stop the running guest (any thread)."""
+        flight.log(self.m, "gdb", "interrupt")
         self.m.events.post(lambda m: Interrupted())
 
     def kill(self):

@@ -161,6 +161,7 @@ class EventsChannel:
                                           # while it is busy, TCP holds the client back
         self._drain()
         if self._running and (self.ctrl_c or self.eof):
+            flight.log(m, "gdb", "interrupt" if self.ctrl_c else "disconnect")
             return Interrupted()
         return None
 

@@ -113,6 +113,8 @@ class Facts:
     def as_dict(self) -> dict:
         d = {}
         for k in self.FIELDS:
+            if k == "flight":           # the raw note: `history` decodes it
+                continue
             v = getattr(self, k)
             if isinstance(v, (bytes, bytearray)):
                 v = bytes(v).hex() if k != "console" else bytes(v).decode("utf-8", "replace")

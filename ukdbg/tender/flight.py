@@ -22,7 +22,9 @@ For other modules (the debugger, the control socket, record/replay):
 add(kind, rip=None, text="", **fields): kind is a short name ("signal", "replay-diverge",
 ...), fields are ints (u64), text a short string; rip defaults to the guest's at the
 last exit. Each distinct (kind, field names) becomes one entry of the note's kind table,
-so new kinds need no format change.
+so new kinds need no format change. A driver that dispatches hypercalls outside
+loop.run appends them as loop.py does and counts them in m.stats.hypercalls: total()
+(events ever recorded, the note's first index) is derived from those counts.
 """
 
 from _collections import deque
@@ -31,7 +33,6 @@ from time import monotonic
 from . import abi
 
 DEFAULT = 1024
-MAX = 1 << 20
 RAW = 40                 # bytes kept per hypercall: the largest struct (BLOCK)
 
 # nr -> (struct, field names) of the hypercall struct, as the guest left it after the call

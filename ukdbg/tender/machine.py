@@ -60,6 +60,7 @@ class Machine:
         self.debug = None          # tender/debug.py DebugControl, created on demand
         self.fault = None          # tender/traps.py FaultContext of the last guest fault
         self.flight = None         # tender/flight.py FlightRecorder (None: --flight 0)
+        self.features = {}         # name -> module path, loaded mid-run (ukdbg/run.py)
         self.started = 0.0         # time.monotonic() when the guest first ran
         self.cmdline = b""
         self.argv = []             # the monitor's own command line

@@ -327,7 +327,7 @@ def optional_module(m, name):
     m.features, or None while it does not exist. By name: the tender never imports
     the debugger."""
     import sys
-    full = getattr(m, "features", {}).get(name)
+    full = m.features.get(name)
     if full is None:
         return None
     try:
