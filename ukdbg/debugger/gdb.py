@@ -8,6 +8,7 @@ session's socket is an async source too: a Ctrl-C byte ends KVM_RUN through SIGI
 stopped, reads block in events.wait, so signals to the monitor are still honoured.
 """
 
+import _thread
 import fcntl
 import os
 import select
@@ -338,6 +339,12 @@ class EventsChannel:
             except OSError:
                 pass
         self._unblock(False)
+        try:                              # signals that came since the last look:
+            left = os.read(self._wake_r, 4096)
+        except OSError:
+            left = b""
+        for sig in sorted(set(left)):     # pending again (blocked now): the run loop
+            signal.pthread_kill(self.m.events.ident or _thread.get_ident(), sig)
         self.m.events.remove_source(self.fd)
         if self._old_wakeup is not None:
             signal.set_wakeup_fd(self._old_wakeup)
@@ -381,19 +388,22 @@ class GdbStub:
         return f"gdb {os.path.abspath(self.m.image.path)} -ex 'target remote {where}'"
 
     def _on_connect(self, m):
-        got = self.listener.accept()
-        if got is None:
-            return None
-        if got[1].refused:
-            from ..gdbstub.transport import refusal
-            self._refuse(got[0], refusal(got[1]))
-            return None
-        if self.session is not None or self.pending is not None:
-            _warn("gdb: refused a second client (one debugger at a time)")
-            self._refuse(got[0])
-            return None
-        self.pending = got
-        return Attach()
+        """Accept every queued connection: SIGIO comes once per arrival, so one left
+        in the queue would wait for the next client, and a full queue gets none."""
+        out = None
+        while True:
+            got = self.listener.accept()
+            if got is None:
+                return out
+            if got[1].refused:
+                from ..gdbstub.transport import refusal
+                self._refuse(got[0], refusal(got[1]))
+            elif self.session is not None or self.pending is not None:
+                _warn("gdb: refused a second client (one debugger at a time)")
+                self._refuse(got[0])
+            else:
+                self.pending = got
+                out = Attach()
 
     def _refused(self, msg):
         """A peer the listener turned away (not the monitor's uid): one line on
