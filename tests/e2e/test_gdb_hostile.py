@@ -167,3 +167,16 @@ def test_flooding_requests_while_the_guest_runs_is_dropped(rt, app):
         assert status(rt, mon.pid)[0]["state"] == "running"
         s.close()
         assert sigterm_ends_within(mon) == 128 + 15
+
+
+def test_a_non_loopback_stub_needs_allow_remote_and_warns(rt, app):
+    from helpers import ukdbg
+    r = ukdbg("run", "--mem=8", "--no-core", "--gdb", "0.0.0.0:0", app("hello"))
+    assert r.returncode != 0
+    assert r.stderr.count("\n") == 1 and "0.0.0.0:0 is not a loopback address" in \
+        r.stderr and "--gdb-allow-remote" in r.stderr, r.stderr
+    r = ukdbg("run", "--mem=8", "--no-core", "--gdb", "0.0.0.0:0", "--gdb-allow-remote",
+              app("hello"))
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"gdb: WARNING: the stub listens on 0\.0\.0\.0:\d+, which is not a "
+                     r"loopback address", r.stderr), r.stderr
