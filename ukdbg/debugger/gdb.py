@@ -376,7 +376,7 @@ class GdbStub:
         self.pending = None           # (socket, Peer) accepted, not yet served
         self.session = None           # the channel of the session being served
         self.shown = None             # the last stop a session showed (crash shown)
-        self.refusing = set()
+        self.refusing = []            # refused connections waiting for a packet
         m.gdb = self
         if not getattr(m, "gdb_address", None):
             m.gdb_address = self.address
@@ -420,10 +420,10 @@ class GdbStub:
         pkt = b"+$" + body + b"#%02x" % checksum(body)
         fd = conn.fileno()
         while len(self.refusing) >= 4:        # many idle connections cost no more fds
-            old = self.refusing.pop()
+            old = self.refusing.pop(0)
             self.m.events.remove_source(old.fileno())
             old.close()
-        self.refusing.add(conn)
+        self.refusing.append(conn)
 
         def readable(m, conn=conn):
             try:
@@ -440,7 +440,7 @@ class GdbStub:
                 pass
             if conn in self.refusing:
                 m.events.remove_source(fd)
-                self.refusing.discard(conn)
+                self.refusing.remove(conn)
                 conn.close()
             return None
         m = self.m
