@@ -167,3 +167,42 @@ def test_flooding_requests_while_the_guest_runs_is_dropped(rt, app):
         assert status(rt, mon.pid)[0]["state"] == "running"
         s.close()
         assert sigterm_ends_within(mon) == 128 + 15
+
+
+def test_a_non_loopback_stub_needs_allow_remote_and_warns(rt, app):
+    from helpers import ukdbg
+    r = ukdbg("run", "--mem=8", "--no-core", "--gdb", "0.0.0.0:0", app("hello"))
+    assert r.returncode != 0
+    assert r.stderr.count("\n") == 1 and "0.0.0.0:0 is not a loopback address" in \
+        r.stderr and "--gdb-allow-remote" in r.stderr, r.stderr
+    r = ukdbg("run", "--mem=8", "--no-core", "--gdb", "0.0.0.0:0", "--gdb-allow-remote",
+              app("hello"))
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"gdb: WARNING: the stub listens on 0\.0\.0\.0:\d+, which is not a "
+                     r"loopback address", r.stderr), r.stderr
+
+
+def test_many_idle_connections_cost_a_bounded_number_of_descriptors(rt, app):
+    """While a session runs, further clients are refused; those that never send (so
+    never get their refusal) are held four at most."""
+    import os
+    mon, addr = gdb_monitor(rt, app)
+    with mon:
+        s = raw_connect(addr)
+        s.sendall(pkt(b"?"))
+        assert s.recv(1) == b"+"
+        time.sleep(0.2)
+        fds = len(os.listdir(f"/proc/{mon.pid}/fd"))
+        idle = [raw_connect(addr) for _ in range(40)]
+        mon.wait_for(lambda: mon.stderr().count("refused a second client") == 40,
+                     "the refusals")
+        assert len(os.listdir(f"/proc/{mon.pid}/fd")) <= fds + 4
+        late = idle[-1]                                 # still held: it gets the reason
+        late.sendall(pkt(b"?"))
+        late.settimeout(5)
+        assert b"another debugger is already attached" in late.recv(4096)
+        for c in idle:
+            c.close()
+        assert status(rt, mon.pid)[0]["state"] == "gdb-stopped"
+        assert sigterm_ends_within(mon) == 128 + 15
+        s.close()

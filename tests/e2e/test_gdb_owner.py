@@ -119,3 +119,97 @@ def test_gdb_run_by_another_uid_shows_why_it_is_refused(app, rt, tmp_path):
         assert rt.cli("status", mon.pid).returncode == 0
         mon.proc.terminate()
         assert mon.wait() == 143
+
+
+REMOTE_CLIENT = textwrap.dedent("""
+    import socket, sys, json
+    host, port = sys.argv[1], int(sys.argv[2])
+    s = socket.create_connection((host, port), 10)
+    s.settimeout(10)
+    buf = b""
+
+    def packet(body):
+        global buf
+        s.sendall(b"$%s#%02x" % (body, sum(body) & 0xFF))
+        out = []
+        while True:
+            i = buf.find(b"$")
+            j = buf.find(b"#", i + 1)
+            if i >= 0 and j >= 0 and len(buf) >= j + 3:
+                b = buf[i + 1:j]
+                buf = buf[j + 3:]
+                s.sendall(b"+")
+                if b.startswith(b"O") and b != b"OK" and body.startswith(b"qRcmd"):
+                    out.append(bytes.fromhex(b[1:].decode()).decode())
+                    continue
+                return (b.decode(), "".join(out))
+            d = s.recv(65536)
+            if not d:
+                return ("EOF", "".join(out))
+            buf += d
+
+    res = {"m": packet(b"m100000,4")}
+    for name in sys.argv[3:]:
+        res[name] = packet(b"qRcmd," + ("core " + name).encode().hex().encode())
+    packet(b"D")
+    print(json.dumps(res))
+""")
+
+
+@pytest.fixture
+def veth():
+    """A network namespace joined to this one by a veth pair: a peer in it is remote
+    (its socket is not in this namespace's /proc/net/tcp)."""
+    import shutil
+    if shutil.which("ip") is None:
+        pytest.skip("ip(8) is not installed")
+    tag = f"{os.getpid() % 100000}"
+    ns, a, b = f"ukrsp{tag}", f"ukra{tag}", f"ukrb{tag}"
+    net = f"10.{231 + os.getpid() % 20}.{os.getpid() % 250}"
+
+    def ip(*args, ns_=None):
+        pre = ["ip", "netns", "exec", ns_] if ns_ else []
+        subprocess.run([*pre, "ip", *args], check=True, capture_output=True)
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        ip("link", "add", a, "type", "veth", "peer", "name", b)
+        ip("link", "set", b, "netns", ns)
+        ip("addr", "add", f"{net}.1/24", "dev", a)
+        ip("link", "set", a, "up")
+        ip("addr", "add", f"{net}.2/24", "dev", b, ns_=ns)
+        ip("link", "set", b, "up", ns_=ns)
+        ip("link", "set", "lo", "up", ns_=ns)
+        yield ns, f"{net}.1"
+    finally:
+        subprocess.run(["ip", "link", "del", a], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def test_a_remote_peer_may_only_write_plain_names_in_core_dir(app, rt, tmp_path, veth):
+    ns, host = veth
+    cores = tmp_path / "cores"
+    cores.mkdir()
+    escape = tmp_path / "escaped.core"
+    with Monitor(rt, "--mem=8", "--no-core", "--core-dir", cores, "--gdb", f"{host}:0",
+                 "--gdb-allow-remote", "--gdb-wait", app("loop")) as mon:
+        addr = mon.wait_for(lambda: (re.search(r"listening on (\S+?),", mon.stderr())
+                                     or [0, 0])[1], "the gdb stub")
+        assert f"gdb: WARNING: the stub listens on {addr}, which is not a loopback " \
+            "address" in mon.stderr()
+        names = ["../escaped.core", str(escape), ".hidden", "sub/x.core", "ok.core"]
+        r = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", REMOTE_CLIENT,
+                            *addr.rsplit(":", 1), *names],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        res = json.loads(r.stdout)
+        assert res["m"][0] == "2f6e6f6e"                   # a remote peer debugs the guest
+        for bad in names[:-1]:
+            reply, text = res[bad]
+            assert reply == "E16" and "this client may only name a file in the " \
+                "monitor's --core-dir" in text, (bad, res[bad])
+        assert res["ok.core"] == ["OK", f"core written to {cores}/ok.core\n"]
+        assert sorted(os.listdir(cores)) == ["ok.core"]
+        assert not escape.exists() and not (tmp_path / ".hidden").exists()
+        mon.wait_for(lambda: "looping" in mon.stdout(), "the guest to run on")
+        mon.proc.terminate()
+        assert mon.wait() == 143

@@ -8,6 +8,7 @@ session's socket is an async source too: a Ctrl-C byte ends KVM_RUN through SIGI
 stopped, reads block in events.wait, so signals to the monitor are still honoured.
 """
 
+import _thread
 import fcntl
 import os
 import select
@@ -339,6 +340,12 @@ class EventsChannel:
             except OSError:
                 pass
         self._unblock(False)
+        try:                              # signals that came since the last look:
+            left = os.read(self._wake_r, 4096)
+        except OSError:
+            left = b""
+        for sig in sorted(set(left)):     # pending again (blocked now): the run loop
+            signal.pthread_kill(self.m.events.ident or _thread.get_ident(), sig)
         self.m.events.remove_source(self.fd)
         if self._old_wakeup is not None:
             signal.set_wakeup_fd(self._old_wakeup)
@@ -370,7 +377,7 @@ class GdbStub:
         self.pending = None           # (socket, Peer) accepted, not yet served
         self.session = None           # the channel of the session being served
         self.shown = None             # the last stop a session showed (crash shown)
-        self.refusing = set()
+        self.refusing = []            # refused connections waiting for a packet
         m.gdb = self
         if not getattr(m, "gdb_address", None):
             m.gdb_address = self.address
@@ -382,19 +389,22 @@ class GdbStub:
         return f"gdb {os.path.abspath(self.m.image.path)} -ex 'target remote {where}'"
 
     def _on_connect(self, m):
-        got = self.listener.accept()
-        if got is None:
-            return None
-        if got[1].refused:
-            from ..gdbstub.transport import refusal
-            self._refuse(got[0], refusal(got[1]))
-            return None
-        if self.session is not None or self.pending is not None:
-            _warn("gdb: refused a second client (one debugger at a time)")
-            self._refuse(got[0])
-            return None
-        self.pending = got
-        return Attach()
+        """Accept every queued connection: SIGIO comes once per arrival, so one left
+        in the queue would wait for the next client, and a full queue gets none."""
+        out = None
+        while True:
+            got = self.listener.accept()
+            if got is None:
+                return out
+            if got[1].refused:
+                from ..gdbstub.transport import refusal
+                self._refuse(got[0], refusal(got[1]))
+            elif self.session is not None or self.pending is not None:
+                _warn("gdb: refused a second client (one debugger at a time)")
+                self._refuse(got[0])
+            else:
+                self.pending = got
+                out = Attach()
 
     def _refused(self, msg):
         """A peer the listener turned away (not the monitor's uid): one line on
@@ -411,10 +421,10 @@ class GdbStub:
         pkt = b"+$" + body + b"#%02x" % checksum(body)
         fd = conn.fileno()
         while len(self.refusing) >= 4:        # many idle connections cost no more fds
-            old = self.refusing.pop()
+            old = self.refusing.pop(0)
             self.m.events.remove_source(old.fileno())
             old.close()
-        self.refusing.add(conn)
+        self.refusing.append(conn)
 
         def readable(m, conn=conn):
             try:
@@ -431,7 +441,7 @@ class GdbStub:
                 pass
             if conn in self.refusing:
                 m.events.remove_source(fd)
-                self.refusing.discard(conn)
+                self.refusing.remove(conn)
                 conn.close()
             return None
         m = self.m

@@ -602,13 +602,17 @@ def _copy_fpu(f):
 
 
 # --- serving a target that never runs (a core file) -----------------------------------------
-def serve_target(target, address: str, announce=None) -> int:
+def serve_target(target, address: str, announce=None, allow_remote=False) -> int:
     """Serve any Target on address until the client detaches or kills; returns 0.
     Used by `ukdbg core --gdb`: the target has no resumable() capability, so gdb gets
     no c/s/Z. announce(address) is called once listening (default: print how to
     attach)."""
     from .transport import Listener, SocketChannel
-    lst = Listener(address)
+    lst = Listener(address, allow_remote=allow_remote)
+    if lst.remote:
+        sys.stderr.write(f"ukdbg: gdb: WARNING: serving on {lst.address}, which is not a "
+                         "loopback address: anyone who can reach it can read the core "
+                         "(the protocol has no authentication)\n")
     try:
         if announce is None:
             exe = _exec_hint(target)

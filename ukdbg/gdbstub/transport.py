@@ -95,7 +95,7 @@ class Listener:
                         f"gdb: {address} is not a loopback address: whoever reaches it "
                         "could read and write guest memory (use 127.0.0.1, a unix:PATH, "
                         "or --gdb-allow-remote to listen there anyway)")
-            s.listen(2)
+            s.listen(8)
         except OSError as e:
             self._abandon(s)
             raise TransportError(f"cannot listen for gdb on {address}: {e.strerror or e}") \
@@ -159,8 +159,8 @@ class Listener:
         if uid is None:
             if self.remote and not is_loopback(peer[0]):
                 return Peer(None, False, where), None      # remote, as allowed
-            return None, (f"{where}: its uid is not in /proc/net/tcp, so it cannot be "
-                          "checked")
+            return None, (f"{where}: its socket is not in /proc/net/tcp (closed "
+                          "already?), so its uid cannot be checked")
         if me == _overflow_uid():
             return None, (f"{where}: this monitor runs as the overflow uid {me} (in a "
                           "user namespace?), which any unmapped uid also shows as; use "

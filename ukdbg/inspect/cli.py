@@ -38,6 +38,8 @@ def parse(argv):
                    help="JSON output (with -c: one object per command)")
     p.add_argument("--gdb", metavar="[HOST:]PORT",
                    help="serve the core read-only over the GDB remote protocol")
+    p.add_argument("--gdb-allow-remote", action="store_true",
+                   help="let --gdb listen on a non-loopback address (no authentication)")
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
                    help="colour output (default: only on a terminal)")
     return p.parse_args(argv)
@@ -63,7 +65,7 @@ def _main(a, session) -> int:
     color = {"always": True, "never": False}.get(a.color)
     out = render.Output(sys.stdout, color)
     if a.gdb:
-        return serve(session, a.gdb)
+        return serve(session, a.gdb, allow_remote=a.gdb_allow_remote)
     if a.commands:
         lines = [c for text in a.commands for c in _split(text)]
         return batch(session, lines, out, as_json=a.json)
@@ -130,7 +132,7 @@ def run_one(session, line):
         return None, f"error: internal: {type(e).__name__}: {e}"
 
 
-def serve(session, address: str) -> int:
+def serve(session, address: str, allow_remote: bool = False) -> int:
     """--gdb: the same stub as live debugging, on the core (read-only)."""
     try:
         from ..gdbstub.server import serve_target
@@ -151,4 +153,5 @@ def serve(session, address: str) -> int:
                          f"{listening}; connect with: gdb {image} -ex 'target remote "
                          f"{shown}'\n")
         sys.stderr.flush()
-    return serve_target(session.target, addr, announce=announce) or 0
+    return serve_target(session.target, addr, announce=announce,
+                        allow_remote=allow_remote) or 0

@@ -149,7 +149,17 @@ class Events:
         return stop
 
     def _request(self, stop):
-        if stop is not None and self.stop_request is None:
+        """The first Stop wins, except that an ending (a signal, a stop request) wins
+        over an interruption (e.g. a gdb client arriving at the same moment): the
+        ending would otherwise be lost, the signal being consumed."""
+        if stop is None:
+            return
+        cur = self.stop_request
+        if cur is None:
+            self.stop_request = stop
+            return
+        from ..target import Interrupted
+        if isinstance(cur, Interrupted) and not isinstance(stop, Interrupted):
             self.stop_request = stop
 
     def _poll_sources(self):
