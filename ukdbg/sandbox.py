@@ -148,6 +148,8 @@ def _compile(path):
     if path:
         table = "\n".join(names.get(i, "") for i in range(MAX_NR)).encode()
         _write_cache(path, b"UKSB" + len(bpf).to_bytes(4, "little") + bpf + table)
+    if _audit():
+X
     f.load()
     return bpf, names
 
@@ -166,6 +168,10 @@ def _write_cache(path, data) -> None:
             os.unlink(tmp)
         except OSError:
             pass
+
+
+def _audit() -> bool:
+    return os.environ.get("UKDBG_SANDBOX_AUDIT") == "1"
 
 
 def _load_bpf(bpf: bytes) -> None:
@@ -197,7 +203,10 @@ def _load_bpf(bpf: bytes) -> None:
     fprog = Fprog.from_buffer_copy(
         (len(bpf) // 8).to_bytes(8, "little") + _ctypes.addressof(prog).to_bytes(8, "little"))
     # SYS_prctl = 157, PR_SET_NO_NEW_PRIVS = 38; SYS_seccomp = 317, SET_MODE_FILTER = 1
-    for args in ((157, 38, 1, 0, 0, 0), (317, 1, 0, _ctypes.addressof(fprog), 0, 0)):
+    # SECCOMP_FILTER_FLAG_LOG (2) with UKDBG_SANDBOX_AUDIT=1: the kernel also logs
+    # each refusal (dmesg, "audit: type=1326 ... syscall=N"), even those ukdbg ignores.
+    flags = 2 if _audit() else 0
+    for args in ((157, 38, 1, 0, 0, 0), (317, 1, flags, _ctypes.addressof(fprog), 0, 0)):
         if syscall(*args) != 0:
             e = _ctypes.get_errno()
             raise OSError(e, os.strerror(e))
