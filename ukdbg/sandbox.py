@@ -149,7 +149,8 @@ def _compile(path):
         table = "\n".join(names.get(i, "") for i in range(MAX_NR)).encode()
         _write_cache(path, b"UKSB" + len(bpf).to_bytes(4, "little") + bpf + table)
     if _audit():
-X
+        import pyseccomp
+        f.set_attr(pyseccomp.Attr.CTL_LOG, 1)     # as _load_bpf's flag
     f.load()
     return bpf, names
 
