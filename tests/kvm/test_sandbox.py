@@ -163,6 +163,13 @@ def test_refused_syscall_is_reported_and_the_guest_runs_on(app, rt, tmp_path):
         try:
             sock = os.path.join(env_rt.sockets, f"{b.pid}.sock")
             b.wait_for(lambda: os.path.exists(sock), "the control socket")
+
+            def answers():
+                try:
+                    return request(sock, {"cmd": "status"})["ok"]
+                except OSError:            # bound but not yet listening
+                    return False
+            b.wait_for(answers, "the control socket to answer")
             b.wait_for(lambda: "t=" in b.stdout(), "the guest's output")
             reply = request(sock, {"cmd": "selftest-execve"})
             assert reply == {"ok": False, "error": "refused by the sandbox: execve"}, reply
