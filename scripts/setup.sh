@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # scripts/setup.sh: everything ukdbg needs, from a fresh machine. Idempotent.
-#   - system tools: gcc, make (fixtures), gdb (tests, demo), lldb if the distro has it
+#   - system tools: gcc, make (fixtures), gdb (tests, demo), libseccomp2 (the sandbox),
+#     lldb if the distro has it
 #   - a venv in .venv with ukdbg (editable) and its test dependencies
 #   - the fixture unikernels (make -C fixtures)
 set -euo pipefail
@@ -11,6 +12,8 @@ need=()
 command -v gcc >/dev/null || need+=(gcc libc6-dev)
 command -v make >/dev/null || need+=(make)
 command -v gdb >/dev/null || need+=(gdb)
+# libseccomp: the sandbox of `ukdbg run` (pyseccomp loads it; ukdbg/sandbox.py)
+ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2' || need+=(libseccomp2)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
         echo "setup: installing ${need[*]}"

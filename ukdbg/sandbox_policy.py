@@ -40,6 +40,9 @@ POLICY = (
     ("poll", "Events.wait: the POLL hypercall, a paused guest, a stopped gdb session; "
              "the control and gdb sockets", None),
     ("ppoll", "the same, as libc may issue it", None),
+    ("select", "the gdb stub's socket writes wait with select() when the client is slow "
+               "(gdbstub/transport.py send_all)", None),
+    ("pselect6", "the same, as libc may issue it", None),
     ("epoll_create1", "the selectors module (the gdb stub's connection)", None),
     ("epoll_ctl", "the same", None),
     ("epoll_wait", "the same", None),

@@ -144,8 +144,8 @@ def test_dispatcher_answers_or_ends_cleanly(machine, nr, gpa, fields, frame):
     mem = m.mem
     # Write the random struct (if it lies in RAM at all), then run one hypercall.
     raw = struct.pack("<5Q", *(f & (2**64 - 1) for f in fields))
-    # (near the end of RAM, the part that fits: a 16-byte PUTS struct at MEM - 16 is
-    # valid, and must hold this example's fields, not an earlier one's)
+    # The part that fits in RAM: a struct near the end must still hold these fields,
+    # not a previous example's bytes (the machine is shared by all examples).
     if gpa < MEM and not gpa <= HALT_GPA < gpa + len(raw) + 16:
         mem.write(gpa, raw[:MEM - gpa])
     if frame or nr == abi.HC_POLL:

@@ -1,0 +1,102 @@
+"""The seccomp filter's argument checks, syscall by syscall, in a confined child process
+(ukdbg/sandbox.py): what must pass does, what must not fails with its own errno."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import ROOT
+
+CHILD = r'''
+import errno, json, mmap, os, socket, sys
+from ukdbg import sandbox
+how = sandbox.install()
+d = sys.argv[1]
+res = {"how": how, "mode": open("/proc/self/status").read().split("Seccomp:")[1].split()[0]}
+
+def t(name, fn):
+    try:
+        fn()
+        res[name] = "ok"
+    except OSError as e:
+        res[name] = sandbox.refused(e) or f"errno {e.errno}"
+
+existing = os.path.join(d, "existing")
+t("read-only open", lambda: os.close(os.open(existing, os.O_RDONLY)))
+t("open for writing", lambda: os.open(existing, os.O_WRONLY))
+t("open O_RDWR", lambda: os.open(existing, os.O_RDWR))
+t("truncate", lambda: os.open(existing, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+t("create, not exclusive", lambda: os.open(os.path.join(d, "n1"), os.O_WRONLY | os.O_CREAT, 0o600))
+t("create exclusive", lambda: os.close(os.open(os.path.join(d, "n2"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)))
+t("O_TMPFILE", lambda: os.close(os.open(d, os.O_TMPFILE | os.O_WRONLY, 0o600)))
+t("unix socket", lambda: socket.socket(socket.AF_UNIX).close())
+t("tcp socket", lambda: socket.socket(socket.AF_INET).close())
+t("netlink socket", lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0))
+t("packet socket", lambda: socket.socket(17, socket.SOCK_RAW, 0))
+def connect():
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect("/nonexistent-ukdbg")
+    finally:
+        s.close()
+t("connect", connect)
+t("anonymous rw mmap", lambda: mmap.mmap(-1, 4096).close())
+t("anonymous exec mmap", lambda: mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_EXEC))
+t("execve", lambda: os.execv("/bin/true", ["true"]))
+t("fork", lambda: os.fork())
+t("kill", lambda: os.kill(os.getppid(), 0))
+t("rename", lambda: os.rename(existing, existing + ".2"))
+t("chown", lambda: os.chown(existing, 0, 0))
+import fcntl, termios
+t("ioctl TIOCSTI", lambda: fcntl.ioctl(0, termios.TIOCSTI, b"x"))
+r, w = os.pipe()
+t("ioctl FIONREAD", lambda: fcntl.ioctl(r, termios.FIONREAD, b"\0\0\0\0"))
+print(json.dumps(res))
+'''
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sbx")
+    (d / "existing").write_bytes(b"keep")
+    r = subprocess.run([sys.executable, "-c", CHILD, str(d)], capture_output=True, text=True,
+                       cwd=ROOT, timeout=120, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    res["_dir"] = d
+    return res
+
+
+def test_confined(results):
+    assert results["mode"] == "2" and results["how"] in ("cached", "compiled")
+
+
+@pytest.mark.parametrize("what", ["read-only open", "create exclusive", "O_TMPFILE",
+                                  "unix socket", "tcp socket", "anonymous rw mmap",
+                                  "ioctl FIONREAD"])
+def test_allowed(results, what):
+    assert results[what] == "ok"
+
+
+@pytest.mark.parametrize("what,name", [
+    ("open for writing", "openat"), ("open O_RDWR", "openat"), ("truncate", "openat"),
+    ("create, not exclusive", "openat"), ("netlink socket", "socket"),
+    ("packet socket", "socket"), ("connect", "connect"), ("anonymous exec mmap", "mmap"),
+    ("execve", "execve"), ("fork", "clone"), ("kill", "kill"), ("rename", "rename"),
+    ("chown", "chown"),
+])
+def test_refused_and_named(results, what, name):
+    assert results[what] == name
+
+
+def test_refused_ioctl_is_reported_as_such(results):
+    assert results["ioctl TIOCSTI"].startswith("ioctl with a request outside the allowlist")
+
+
+def test_nothing_was_changed(results):
+    d = results["_dir"]
+    assert (d / "existing").read_bytes() == b"keep"
+    assert sorted(os.listdir(d)) == ["existing", "n2"]
