@@ -365,3 +365,31 @@ def test_pause_and_resume_are_recorded_at_their_position(app, tmp_path):
     p = replay(str(tmp_path), rec, "--trace")
     assert p.returncode == 0 and p.stdout == out
     assert re.search(r"\[replay\] event \d+: pause at rip=0x", p.stderr), p.stderr
+
+
+@pytest.mark.gdb
+def test_ctrl_c_in_gdb_stops_a_replay_and_it_resumes_on_course(app, tmp_path):
+    """A busy guest ended by SIGTERM: its replay runs the loop up to that instruction.
+    Ctrl-C in gdb stops it there; detached, it still ends as recorded."""
+    rec = os.path.join(str(tmp_path), "l.rec")
+    with Background(["run", "--mem=8", "--no-control", "--record", rec, app("loop")]) as g:
+        g.wait_for(lambda: "looping" in g.stdout(), "the loop")
+        time.sleep(0.15)
+        g.proc.send_signal(signal.SIGTERM)
+        assert g.wait() == 143
+    with Background(["replay", "--no-core", "--gdb", "127.0.0.1:0", rec]) as g:
+        addr = g.wait_for(lambda: (re.search(r"listening on (\S+?)(?:,|: )", g.stderr()) or
+                                   [None, None])[1], "the stub")
+        p = subprocess.Popen(["gdb", "-q", "-nx", "-batch", "-ex", "set confirm off",
+                              "-ex", f"target remote {addr}", "-ex", "continue",
+                              "-ex", "bt", "-ex", "print spin_counter > 0",
+                              "-ex", "detach", app("loop")],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(1.5)
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=60)
+        assert "Program received signal SIGINT, Interrupt." in out, out
+        assert re.search(r"#0\s+(0x[0-9a-f]+ in )?spin \(\)", out), out
+        assert "$1 = 1" in out, out
+        assert g.wait(300) == 143, g.stderr()
+        assert "received SIGTERM" in g.stderr()

@@ -400,7 +400,10 @@ class Replayer:
         dc.set_single_step(True)
 
     def _step_hook(self, m, ex):
-        if not self.stepping_over or ex.reason != 4:      # KVM_EXIT_DEBUG
+        """The end of a step over the position breakpoint: put it back. Any other
+        exit first (a Ctrl-C, a signal) ends the step-over too: if the instruction
+        did not run, the breakpoint is hit again and the step retried."""
+        if not self.stepping_over:
             return None
         self.stepping_over = False
         dc = m.debug
@@ -409,7 +412,7 @@ class Replayer:
         if dbg is not None and dbg.stepping:
             return None                    # gdb asked for this step: it is its stop
         dc.set_single_step(False)
-        return HANDLED
+        return HANDLED if ex.reason == 4 else None      # KVM_EXIT_DEBUG: ours
 
     def emulate(self, m, gva):
         """DebugControl emulator (a debugger stepping over one of our breakpoints)."""
