@@ -393,3 +393,31 @@ def test_ctrl_c_in_gdb_stops_a_replay_and_it_resumes_on_course(app, tmp_path):
         assert "$1 = 1" in out, out
         assert g.wait(300) == 143, g.stderr()
         assert "received SIGTERM" in g.stderr()
+
+
+def test_a_signal_to_a_busy_guest_is_held_for_its_next_exit(app, tmp_path):
+    """SIGTERM while the guest computes: recording holds it until the guest's next
+    hypercall (a WALLTIME every 4096 iterations), so the end is recorded at that exit
+    and the replay reaches it without any breakpoint."""
+    from ukdbg.elf import ElfFile
+    from ukdbg.replay import format as F
+    tmp = str(tmp_path)
+    disk = os.path.join(tmp, "disk.img")
+    with open(disk, "wb") as f:
+        f.write(bytes(8192))
+    rec = os.path.join(tmp, "s.rec")
+    with Background(["run", "--mem=8", "--no-control", "--no-core", "--record", rec,
+                     f"--block:storage={disk}", app("rrbench"), "spin", "100000000"]) as g:
+        g.wait_for(lambda: os.path.exists(rec) and os.path.getsize(rec) > 1000, "a run")
+        time.sleep(0.5)
+        g.proc.send_signal(signal.SIGTERM)
+        assert g.wait() == 143
+    events = F.Recording(rec).events
+    t, p = events[-2]
+    assert t == F.R_EXT and p[0] == F.X_STOP
+    rip = F.EXT_HEAD.unpack_from(p)[17]
+    sym, _off = ElfFile.open(app("rrbench")).symbolize(rip)
+    assert sym.name == "rt_walltime", hex(rip)
+    os.unlink(disk)
+    p = replay(tmp, rec, "--no-core")
+    assert p.returncode == 143 and "received SIGTERM" in p.stderr, p.stderr

@@ -310,6 +310,13 @@ class Replayer:
 
     def _replay_hc(self, m, nr, size, mem, gpa):
         happened = f"hypercall {_hc_name(nr)}(gpa={gpa:#x})"
+        if self.pos_gva is not None:
+            # an external event recorded at this very exit (an end held for it)
+            r = self._check_position()
+            if r is HANDLED:
+                r = None
+            if r is not None:
+                return r
         p = self._expect(F.R_HC, happened)
         try:
             rnr, flags, rgpa, before, after, data, check, tail = F.decode_hc(p)
