@@ -421,3 +421,29 @@ def test_a_signal_to_a_busy_guest_is_held_for_its_next_exit(app, tmp_path):
     os.unlink(disk)
     p = replay(tmp, rec, "--no-core")
     assert p.returncode == 143 and "received SIGTERM" in p.stderr, p.stderr
+
+
+@pytest.mark.gdb
+def test_a_gdb_write_during_replay_is_a_divergence_the_user_chose(app, tmp_path):
+    """`return` from corrupt() in a replay: the guest no longer crashes where the
+    recording says, so the replay stops at the first input that differs, names the
+    debugger's write, and gdb is stopped there (the stop is final)."""
+    tmp = str(tmp_path)
+    r, rec = record(tmp, app("nondet"), extra=("--no-core",))
+    with Background(["replay", "--no-core", "--gdb", "127.0.0.1:0", "--gdb-wait",
+                     rec]) as g:
+        addr = g.wait_for(lambda: (re.search(r"listening on (\S+?),", g.stderr()) or
+                                   [None, None])[1], "the stub")
+        out = subprocess.run(
+            ["gdb", "-q", "-nx", "-batch", "-ex", "set confirm off",
+             "-ex", f"target remote {addr}", "-ex", "break corrupt", "-ex", "continue",
+             "-ex", "return", "-ex", "continue", "-ex", "bt", "-ex", "continue",
+             app("nondet")], capture_output=True, text=True, timeout=180)
+        text = out.stdout + out.stderr
+        assert g.wait(60) == 125, text + g.stderr()
+        err = g.stderr()
+    assert "the debugger wrote guest regs at event" in err, err
+    assert re.search(r"replay diverged at event \d+ \(after a debugger write at event "
+                     r"\d+\): recorded .*, but the guest did .*; rip=0x", err), err
+    assert "Program received signal SIGTRAP" in text, text
+    assert re.search(r"#\d+ .* in main", text), text
