@@ -5,6 +5,7 @@ and compares what a user sees: the console byte for byte, the exit status, the c
 registers and backtrace in gdb."""
 
 import glob
+import json
 import os
 import re
 import shutil
@@ -121,7 +122,6 @@ def netns():
 
 
 def test_net_echo_session_replays_without_a_tap(app, tmp_path, netns):
-    import json
     rec = os.path.join(str(tmp_path), "net.rec")
     r = subprocess.run(["ip", "netns", "exec", netns, sys.executable,
                         os.path.join(ROOT, "tests/kvm/netns_echo.py"), app("net"), "tap0",
@@ -241,6 +241,16 @@ def test_tampered_truncated_and_foreign_recordings_are_clean_errors(app, tmp_pat
         assert p.returncode == 1 and what in p.stderr, p.stderr
     p = replay(tmp, os.path.join(tmp, "missing.rec"))
     assert p.returncode == 1 and "cannot read" in p.stderr
+    # re-encoded (valid CRCs) with nonsense inside: refused where it is read
+    for name, change in (("meta", lambda t, b: b"{}" if t == 1 else b),
+                         ("traps", lambda t, b: json.dumps(dict(json.loads(b), traps=[["x"]])).encode()
+                          if t == 1 else b),
+                         ("trap", lambda t, b: b"\x01" if t == 11 else b)):
+        path = os.path.join(tmp, f"{name}.rec")
+        _rewrite(rec, path, change)
+        p = replay(tmp, path, "--no-core", sub=name)
+        assert p.returncode in (1, 125), p.stderr
+        assert "malformed" in p.stderr or "incomplete" in p.stderr, p.stderr
 
 
 def _rewrite(src, dst, change):
@@ -249,7 +259,6 @@ def _rewrite(src, dst, change):
     rec = F.Recording(src)
     fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     w = F.Writer(fd)
-    import json
     w.add(F.R_META, change(F.R_META, json.dumps(rec.meta).encode()))
     w.add(F.R_IMAGE, change(F.R_IMAGE, rec.image))
     w.add(F.R_CPUID, change(F.R_CPUID, rec.cpuid))

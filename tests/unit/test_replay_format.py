@@ -150,3 +150,15 @@ def test_cursor_save_restore_is_an_immutable_value():
     with pytest.raises(ValueError):
         c.restore((11, 0))
 
+
+
+def test_meta_from_a_reencoded_file_is_checked_as_it_is_used(tmp_path):
+    """CRCs catch damage; a file re-encoded with nonsense decodes, and each field is
+    then refused where it is read (no traceback: RecordingError or ValueError)."""
+    p = str(tmp_path / "a.rec")
+    write(p, range(3))
+    r = F.Recording(p)
+    assert r.meta == {"format": 1}
+    from ukdbg.replay.replayer import describe_event
+    assert describe_event(F.R_TRAP, b"\x01") == "a malformed record (type 11)"
+    assert describe_event(F.R_END, b"{") == "a malformed record (type 13)"

@@ -43,6 +43,7 @@ HC_SIZES = {abi.HC_WALLTIME: 8, abi.HC_PUTS: 16, abi.HC_POLL: 24, abi.HC_BLOCK_W
             abi.HC_BLOCK_READ: 40, abi.HC_NET_WRITE: 32, abi.HC_NET_READ: 32}
 _U64 = abi.HC_WALLTIME_ST
 _RF_TF = (1 << 16) | (1 << 8)        # flags a debugger's stepping may leave differently
+_MALFORMED = (F.struct.error, ValueError, KeyError, TypeError, IndexError)
 
 
 class Diverged(Crashed):
@@ -306,7 +307,15 @@ class Replayer:
                 return self._replay_hc(m, nr, size, mem, gpa)
             except _Stop as s:
                 return s.stop
+            except _MALFORMED as e:
+                return self.malformed(e)
         return replayed
+
+    def malformed(self, e):
+        """A record that passed the CRCs but does not decode (a re-encoded file)."""
+        i = self.cursor.index
+        return Diverged(i, f"replay: event {i} of the recording is malformed "
+                           f"({type(e).__name__}: {e})", self._rip())
 
     def _replay_hc(self, m, nr, size, mem, gpa):
         happened = f"hypercall {_hc_name(nr)}(gpa={gpa:#x})"
@@ -369,6 +378,12 @@ class Replayer:
     def on_hit(self, m, kind, gva):
         if kind != "sw":
             return None
+        try:
+            return self._on_hit(m, gva)
+        except _MALFORMED as e:
+            return self.malformed(e)
+
+    def _on_hit(self, m, gva):
         try:
             if gva == self.pos_gva:
                 r = self._check_position()
@@ -434,6 +449,8 @@ class Replayer:
                 return self._emulate(m, gva)
         except _Stop as s:
             return s.stop
+        except _MALFORMED as e:
+            return self.malformed(e)
         return NotImplemented
 
     def _fast_emulate(self, m, gva, k):
@@ -441,6 +458,8 @@ class Replayer:
             return self._emulate(m, gva, k)
         except _Stop as s:
             return s.stop
+        except _MALFORMED as e:
+            return self.malformed(e)
 
     def _emulate(self, m, gva, k=None):
         site = self.sites[gva]
@@ -485,7 +504,11 @@ class Replayer:
             sys.stderr.write(f"ukdbg: {self.end.message}\n")
             return
         from ..tender.endings import exit_code
-        want = json.loads(p)
+        try:
+            want = json.loads(p)
+            want.get("exit")
+        except (ValueError, AttributeError):
+            want = {"exit": "(malformed)"}
         if exit_code(stop) != want.get("exit"):
             self.end = Diverged(self.cursor.index, f"replay diverged at the end: the "
                                 f"recording exited {want.get('exit')}, the replay "
@@ -662,7 +685,11 @@ def prepare(argv):
         if opts.trace is not None:
             trace_fd = 2 if opts.trace in ("-", "") else os.open(
                 opts.trace, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        r = Replayer(m, rec, trace_fd)
+        try:
+            r = Replayer(m, rec, trace_fd)
+        except _MALFORMED:
+            raise F.RecordingError(f"{rec.path}: the recording's trap sites are "
+                                   "malformed") from None
         m.replayer = r
         r.install()
         m.ending_hooks.insert(0, r.on_end)
