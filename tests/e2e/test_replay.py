@@ -242,9 +242,10 @@ def test_tampered_truncated_and_foreign_recordings_are_clean_errors(app, tmp_pat
     p = replay(tmp, os.path.join(tmp, "missing.rec"))
     assert p.returncode == 1 and "cannot read" in p.stderr
     # re-encoded (valid CRCs) with nonsense inside: refused where it is read
+    def bad_traps(t, b):
+        return json.dumps(dict(json.loads(b), traps=[["x"]])).encode() if t == 1 else b
     for name, change in (("meta", lambda t, b: b"{}" if t == 1 else b),
-                         ("traps", lambda t, b: json.dumps(dict(json.loads(b), traps=[["x"]])).encode()
-                          if t == 1 else b),
+                         ("traps", bad_traps),
                          ("trap", lambda t, b: b"\x01" if t == 11 else b)):
         path = os.path.join(tmp, f"{name}.rec")
         _rewrite(rec, path, change)

@@ -218,7 +218,7 @@ class Replayer:
                 return None
             kind, *words = F.EXT_HEAD.unpack_from(p)
             if check_now and self._at(words):
-                r = self._apply_ext(kind, p[F.EXT_HEAD.size:])
+                r = self._apply_ext(kind, p[F.EXT_HEAD.size:], words[16])
                 if r is not None:
                     return r
                 continue
@@ -231,10 +231,11 @@ class Replayer:
         now[17] &= ~_RF_TF
         return now[:17] == list(words[:17]) and now[17] == words[17] & ~_RF_TF
 
-    def _apply_ext(self, kind, data):
+    def _apply_ext(self, kind, data, rip):
         m = self.m
         c = self.cursor
-        self._trace_line(f"event {c.index}: {describe_event(F.R_EXT, bytes([kind]) + bytes(F.EXT_HEAD.size - 1) + data)}")
+        self._trace_line(f"event {c.index}: {F.EXT_NAMES.get(kind, kind)} at "
+                         f"rip={rip:#x}")
         c.index += 1
         try:
             if kind == F.X_MEMWRITE:
