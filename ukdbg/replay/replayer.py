@@ -393,8 +393,8 @@ class Replayer:
             if gva in self.sites:
                 r = self._emulate(m, gva)
                 return HANDLED if r is None else r
-            if gva == self.pos_gva or gva in getattr(self, "_stale", ()):
-                self._step_over(gva)
+            if gva == self.pos_gva:
+                self._step_over(gva)    # not there yet: run the instruction, go on
                 return HANDLED
         except _Stop as s:
             return s.stop
@@ -644,7 +644,7 @@ def _image_path(rec, opts, tmp):
 
 
 def prepare(argv):
-    """(machine, replayer, temporary directory) ready to run."""
+    """(machine, replayer, temporary directory, recording) ready to run."""
     import tempfile
     from ..tender import loader
     from ..tender.machine import build_machine
