@@ -457,3 +457,39 @@ def test_a_gdb_write_during_replay_is_a_divergence_the_user_chose(app, tmp_path)
                      r"\d+\): recorded .*, but the guest did .*; rip=0x", err), err
     assert "Program received signal SIGTRAP" in text, text
     assert re.search(r"#\d+ .* in main", text), text
+
+
+@pytest.mark.gdb
+def test_gdb_stepping_over_a_trapped_rdtsc_records_and_replays_it(app, tmp_path):
+    """A gdb breakpoint on the RDTSC itself, then stepi: the step is the recorder's
+    emulation (recorded), and in the replay the same step feeds the recorded value."""
+    tmp = str(tmp_path)
+    rec = os.path.join(tmp, "s.rec")
+    cmds = ["break *rdtsc+8", "continue", "x/i $pc", "stepi", "x/i $pc",
+            "print/x $rax", "delete", "continue"]
+
+    def session(argv):
+        with Background(argv) as g:
+            addr = g.wait_for(lambda: (re.search(r"listening on (\S+?),", g.stderr()) or
+                                       [None, None])[1], "the stub")
+            argv_gdb = ["gdb", "-q", "-nx", "-batch", "-ex", "set confirm off",
+                        "-ex", f"target remote {addr}"]
+            for c in cmds:
+                argv_gdb += ["-ex", c]
+            out = subprocess.run(argv_gdb + [app("nondet")], capture_output=True,
+                                 text=True, timeout=180)
+            rc = g.wait(60)
+            return rc, g.stdout(), out.stdout + out.stderr
+    rc, live, text = session(["run", "--mem=8", "--no-control", "--no-core", "--record",
+                              rec, "--gdb", "127.0.0.1:0", "--gdb-wait", app("nondet")])
+    assert rc == 255, text
+    assert re.search(r"=> 0x[0-9a-f]+ <rdtsc\+8>:\s+rdtsc", text), text
+    assert re.search(r"=> 0x[0-9a-f]+ <rdtsc\+10>:", text), text
+    rax_live = re.search(r"\$1 = (0x[0-9a-f]+)", text).group(1)
+    rc, replayed, text = session(["replay", "--no-core", "--gdb", "127.0.0.1:0",
+                                  "--gdb-wait", rec])
+    assert rc == 255, text
+    assert replayed == live
+    assert re.search(r"\$1 = (0x[0-9a-f]+)", text).group(1) == rax_live
+    p = replay(tmp, rec, "--no-core")
+    assert p.returncode == 255 and p.stdout == live
