@@ -283,7 +283,7 @@ def test_another_image_is_refused_with_a_hash_mismatch(app, tmp_path):
 
 
 def test_a_changed_input_is_a_divergence_with_index_and_backtrace(app, tmp_path):
-    """A recorded PUTS whose CRC no longer matches what the guest prints: exit 125,
+    """A recorded PUTS whose checksum no longer matches what the guest prints: exit 125,
     the event index, recorded vs happened, rip and a backtrace."""
     from ukdbg.replay import format as F
     tmp = str(tmp_path)
@@ -300,7 +300,7 @@ def test_a_changed_input_is_a_divergence_with_index_and_backtrace(app, tmp_path)
     _rewrite(rec, os.path.join(tmp, "div.rec"), change)
     p = replay(tmp, os.path.join(tmp, "div.rec"), "--no-core")
     assert p.returncode == 125, p.stderr
-    m = re.search(r"replay diverged at event (\d+): recorded puts of \d+ bytes with crc32 "
+    m = re.search(r"replay diverged at event (\d+): recorded puts of \d+ bytes with adler32 "
                   r"0x[0-9a-f]+, but the guest did puts of other bytes", p.stderr)
     assert m, p.stderr
     assert "rt_puts" in p.stderr or "rt_printf" in p.stderr     # the backtrace
