@@ -493,3 +493,21 @@ def test_gdb_stepping_over_a_trapped_rdtsc_records_and_replays_it(app, tmp_path)
     assert re.search(r"\$1 = (0x[0-9a-f]+)", text).group(1) == rax_live
     p = replay(tmp, rec, "--no-core")
     assert p.returncode == 255 and p.stdout == live
+
+
+@pytest.mark.gdb
+def test_timeout_is_replayed_with_the_same_core(app, tmp_path):
+    tmp = str(tmp_path)
+    disk = os.path.join(tmp, "disk.img")
+    with open(disk, "wb") as f:
+        f.write(bytes(8192))
+    r, rec = record(tmp, app("rrbench"), "spin", "100000000",
+                    extra=("--timeout", "0.5", f"--block:storage={disk}"))
+    assert r.returncode == 124, r.stderr
+    os.unlink(disk)
+    p = replay(tmp, rec)
+    assert p.returncode == 124, p.stderr
+    assert "--timeout expired" in p.stderr
+    a, bt_a = gdb_on_core(app("rrbench"), core_in(os.path.join(tmp, "rec")))
+    b, bt_b = gdb_on_core(app("rrbench"), core_in(os.path.join(tmp, "rep")))
+    assert a and a == b and bt_a == bt_b and "main" in bt_a
