@@ -511,3 +511,19 @@ def test_timeout_is_replayed_with_the_same_core(app, tmp_path):
     a, bt_a = gdb_on_core(app("rrbench"), core_in(os.path.join(tmp, "rec")))
     b, bt_b = gdb_on_core(app("rrbench"), core_in(os.path.join(tmp, "rep")))
     assert a and a == b and bt_a == bt_b and "main" in bt_a
+
+
+def test_a_plain_run_does_not_load_the_recorder(app, tmp_path):
+    code = ("import os, sys\n"
+            "fd = os.dup(1); os.dup2(os.open(os.devnull, os.O_WRONLY), 1)\n"
+            "from ukdbg.run import run_main\n"
+            "run_main(sys.argv[1:])\n"
+            "os.dup2(fd, 1)\n"
+            "print(' '.join(m for m in sys.modules if m.startswith('ukdbg.replay')))\n")
+    plain = subprocess.run([sys.executable, "-c", code, "--no-control", app("hello")],
+                           capture_output=True, text=True, cwd=ROOT, check=True)
+    assert plain.stdout.strip() == ""
+    rec = subprocess.run([sys.executable, "-c", code, "--no-control", "--record",
+                          str(tmp_path / "h.rec"), app("hello")],
+                         capture_output=True, text=True, cwd=ROOT, check=True)
+    assert "ukdbg.replay.recorder" in rec.stdout.split()
