@@ -527,3 +527,32 @@ def test_a_plain_run_does_not_load_the_recorder(app, tmp_path):
                           str(tmp_path / "h.rec"), app("hello")],
                          capture_output=True, text=True, cwd=ROOT, check=True)
     assert "ukdbg.replay.recorder" in rec.stdout.split()
+
+
+def test_cpuid_is_answered_from_the_recorded_table(app, tmp_path):
+    """CPUID exits to KVM, not to ukdbg; the replay hands KVM the recorded table. A
+    recording whose table says another vendor makes the replayed guest print that
+    vendor, which the recording's checksum of that line catches."""
+    import struct as S
+    from ukdbg.replay import format as F
+    tmp = str(tmp_path)
+    r, rec = record(tmp, app("nondet"), extra=("--no-core",))
+    vendor = re.search(r"cpu=(\w+)", r.stdout).group(1)
+    other = "GenuineIntel" if vendor != "GenuineIntel" else "AuthenticAMD"
+
+    def change(t, b):
+        if t != F.R_CPUID:
+            return b
+        b = bytearray(b)
+        nent = S.unpack_from("<I", b, 0)[0]
+        for i in range(nent):
+            off = 8 + 40 * i
+            if S.unpack_from("<I", b, off)[0] == 0:        # leaf 0: the vendor
+                v = other.encode()
+                S.pack_into("<4s4s4s", b, off + 16, v[0:4], v[8:12], v[4:8])  # ebx ecx edx
+        return bytes(b)
+    _rewrite(rec, os.path.join(tmp, "cpuid.rec"), change)
+    p = replay(tmp, os.path.join(tmp, "cpuid.rec"), "--no-core")
+    assert p.returncode == 125, p.stderr
+    assert f"cpu={other}" in p.stderr        # the guest's line, in the divergence report
+    assert "replay diverged at event" in p.stderr

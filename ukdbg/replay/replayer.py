@@ -350,7 +350,7 @@ class Replayer:
                 ptr, n = abi.HC_PUTS_ST.unpack(cur)
                 out = mem.slice(ptr, n)
                 if zlib.adler32(out) != check:
-                    raise self.diverge(f"puts of other bytes ({bytes(out[:40])!r})",
+                    raise self.diverge(f"puts of other bytes ({bytes(out[:120])!r})",
                                        f"puts of {n} bytes with adler32 {check:#x}")
                 self._console(out)
             elif check and nr in (abi.HC_NET_WRITE, abi.HC_BLOCK_WRITE):
