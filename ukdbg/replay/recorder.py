@@ -284,6 +284,8 @@ class Recorder:
         if self.ended:
             return
         self.ended = True
+        if self.deferred is not None:   # the guest ended first (HALT): no SIGPROF later
+            self.deliver()
         from ..target import Killed
         if isinstance(stop, Killed) and stop is not self.hc_stop:
             try:
