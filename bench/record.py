@@ -4,6 +4,7 @@
   hypercalls  per hypercall type, the time per call of the `rrbench` fixture's loop
               in-process, plain `ukdbg run` against `--record` (rounds alternate on
               freshly built machines; this host's timings drift). Goal: <= 20 %.
+              Then the handlers alone, called directly: the recorder's own cost.
   rdtsc       one RDTSC: plain (no exit on VMX; this PVM host traps it itself), under
               --record (an int3 exit, emulated) and under replay
   replay      wall time of a CPU-bound guest (rrbench spin) and a POLL-bound one
@@ -77,6 +78,38 @@ def bench_hypercalls(tmp, n, rounds):
         print(f"  {mode:12s} plain {a:7.2f}   --record {b:7.2f}   overhead {over:+6.1f} %")
     print(f"  worst overhead {worst:+.1f} %  (goal <= 20 %: "
           f"{'met' if worst <= 20 else 'NOT met'})")
+
+
+def bench_handlers(tmp, n=20000):
+    """The recorder's own cost: each handler called directly (no KVM_RUN, no noise
+    from exits), plain table entry against the recording wrapper."""
+    from ukdbg.tender import abi
+    gpa, res = 0x200000, {}
+    for record in (False, True):
+        argv = ["--mem=32", "--no-control", "--no-core",
+                f"--block:storage={os.path.join(tmp, 'disk.img')}"]
+        if record:
+            argv += ["--record", os.path.join(tmp, "h.rec")]
+        m = R.prepare(argv + [APP, "walltime", "1"], warn=print)
+        m.console.fds = [os.open(os.devnull, os.O_WRONLY)]
+        for nr, st, args in ((1, None, ()), (2, abi.HC_PUTS_ST, (0x201000, 1)),
+                             (3, abi.HC_POLL_ST, (0, 0, 0)),
+                             (4, abi.HC_BLOCK_ST, (1, 0, 0x202000, 512, 0)),
+                             (5, abi.HC_BLOCK_ST, (1, 0, 0x202000, 512, 0))):
+            if st is not None:
+                m.mem.write(gpa, st.pack(*args))
+            fn = m.hypercalls[nr]
+            t = time.perf_counter()
+            for _ in range(n):
+                fn(m, gpa)
+            res[(record, nr)] = (time.perf_counter() - t) / n * 1e6
+        if record:
+            m.recorder.w.flush()
+        os.close(m.console.fds[0])
+        m.close()
+    print("handler alone (no exit), us/call:  " + "   ".join(
+        f"{abi.HC_NAMES[nr]} {res[(False, nr)]:.2f} -> {res[(True, nr)]:.2f} "
+        f"(+{res[(True, nr)] - res[(False, nr)]:.2f})" for nr in (1, 2, 3, 4, 5)))
 
 
 def bench_rdtsc(tmp, n, rounds):
@@ -188,6 +221,7 @@ def main():
         with open(os.path.join(tmp, "disk.img"), "wb") as f:
             f.write(bytes(8192))
         bench_hypercalls(tmp, a.n, a.rounds)
+        bench_handlers(tmp)
         bench_rdtsc(tmp, max(1000, a.n // 10), a.rounds)
         print("replay against the recorded run (wall time, subprocesses):")
         bench_replay(tmp)

@@ -5,6 +5,7 @@ and compares what a user sees: the console byte for byte, the exit status, the c
 registers and backtrace in gdb."""
 
 import glob
+import json
 import os
 import re
 import shutil
@@ -121,7 +122,6 @@ def netns():
 
 
 def test_net_echo_session_replays_without_a_tap(app, tmp_path, netns):
-    import json
     rec = os.path.join(str(tmp_path), "net.rec")
     r = subprocess.run(["ip", "netns", "exec", netns, sys.executable,
                         os.path.join(ROOT, "tests/kvm/netns_echo.py"), app("net"), "tap0",
@@ -241,6 +241,17 @@ def test_tampered_truncated_and_foreign_recordings_are_clean_errors(app, tmp_pat
         assert p.returncode == 1 and what in p.stderr, p.stderr
     p = replay(tmp, os.path.join(tmp, "missing.rec"))
     assert p.returncode == 1 and "cannot read" in p.stderr
+    # re-encoded (valid CRCs) with nonsense inside: refused where it is read
+    def bad_traps(t, b):
+        return json.dumps(dict(json.loads(b), traps=[["x"]])).encode() if t == 1 else b
+    for name, change in (("meta", lambda t, b: b"{}" if t == 1 else b),
+                         ("traps", bad_traps),
+                         ("trap", lambda t, b: b"\x01" if t == 11 else b)):
+        path = os.path.join(tmp, f"{name}.rec")
+        _rewrite(rec, path, change)
+        p = replay(tmp, path, "--no-core", sub=name)
+        assert p.returncode in (1, 125), p.stderr
+        assert "malformed" in p.stderr or "incomplete" in p.stderr, p.stderr
 
 
 def _rewrite(src, dst, change):
@@ -249,7 +260,6 @@ def _rewrite(src, dst, change):
     rec = F.Recording(src)
     fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     w = F.Writer(fd)
-    import json
     w.add(F.R_META, change(F.R_META, json.dumps(rec.meta).encode()))
     w.add(F.R_IMAGE, change(F.R_IMAGE, rec.image))
     w.add(F.R_CPUID, change(F.R_CPUID, rec.cpuid))
@@ -273,7 +283,7 @@ def test_another_image_is_refused_with_a_hash_mismatch(app, tmp_path):
 
 
 def test_a_changed_input_is_a_divergence_with_index_and_backtrace(app, tmp_path):
-    """A recorded PUTS whose CRC no longer matches what the guest prints: exit 125,
+    """A recorded PUTS whose checksum no longer matches what the guest prints: exit 125,
     the event index, recorded vs happened, rip and a backtrace."""
     from ukdbg.replay import format as F
     tmp = str(tmp_path)
@@ -290,7 +300,7 @@ def test_a_changed_input_is_a_divergence_with_index_and_backtrace(app, tmp_path)
     _rewrite(rec, os.path.join(tmp, "div.rec"), change)
     p = replay(tmp, os.path.join(tmp, "div.rec"), "--no-core")
     assert p.returncode == 125, p.stderr
-    m = re.search(r"replay diverged at event (\d+): recorded puts of \d+ bytes with crc32 "
+    m = re.search(r"replay diverged at event (\d+): recorded puts of \d+ bytes with adler32 "
                   r"0x[0-9a-f]+, but the guest did puts of other bytes", p.stderr)
     assert m, p.stderr
     assert "rt_puts" in p.stderr or "rt_printf" in p.stderr     # the backtrace
@@ -365,3 +375,184 @@ def test_pause_and_resume_are_recorded_at_their_position(app, tmp_path):
     p = replay(str(tmp_path), rec, "--trace")
     assert p.returncode == 0 and p.stdout == out
     assert re.search(r"\[replay\] event \d+: pause at rip=0x", p.stderr), p.stderr
+
+
+@pytest.mark.gdb
+def test_ctrl_c_in_gdb_stops_a_replay_and_it_resumes_on_course(app, tmp_path):
+    """A busy guest ended by SIGTERM: its replay runs the loop up to that instruction.
+    Ctrl-C in gdb stops it there; detached, it still ends as recorded."""
+    rec = os.path.join(str(tmp_path), "l.rec")
+    with Background(["run", "--mem=8", "--no-control", "--record", rec, app("loop")]) as g:
+        g.wait_for(lambda: "looping" in g.stdout(), "the loop")
+        time.sleep(0.15)
+        g.proc.send_signal(signal.SIGTERM)
+        assert g.wait() == 143
+    with Background(["replay", "--no-core", "--gdb", "127.0.0.1:0", rec]) as g:
+        addr = g.wait_for(lambda: (re.search(r"listening on (\S+?)(?:,|: )", g.stderr()) or
+                                   [None, None])[1], "the stub")
+        p = subprocess.Popen(["gdb", "-q", "-nx", "-batch", "-ex", "set confirm off",
+                              "-ex", f"target remote {addr}", "-ex", "continue",
+                              "-ex", "bt", "-ex", "print spin_counter > 0",
+                              "-ex", "detach", app("loop")],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(1.5)
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=60)
+        assert "Program received signal SIGINT, Interrupt." in out, out
+        assert re.search(r"#0\s+(0x[0-9a-f]+ in )?spin \(\)", out), out
+        assert "$1 = 1" in out, out
+        assert g.wait(300) == 143, g.stderr()
+        assert "received SIGTERM" in g.stderr()
+
+
+def test_a_signal_to_a_busy_guest_is_held_for_its_next_exit(app, tmp_path):
+    """SIGTERM while the guest computes: recording holds it until the guest's next
+    hypercall (a WALLTIME every 4096 iterations), so the end is recorded at that exit
+    and the replay reaches it without any breakpoint."""
+    from ukdbg.elf import ElfFile
+    from ukdbg.replay import format as F
+    tmp = str(tmp_path)
+    disk = os.path.join(tmp, "disk.img")
+    with open(disk, "wb") as f:
+        f.write(bytes(8192))
+    rec = os.path.join(tmp, "s.rec")
+    with Background(["run", "--mem=8", "--no-control", "--no-core", "--record", rec,
+                     f"--block:storage={disk}", app("rrbench"), "spin", "100000000"]) as g:
+        g.wait_for(lambda: os.path.exists(rec) and os.path.getsize(rec) > 1000, "a run")
+        time.sleep(0.5)
+        g.proc.send_signal(signal.SIGTERM)
+        assert g.wait() == 143
+    events = F.Recording(rec).events
+    t, p = events[-2]
+    assert t == F.R_EXT and p[0] == F.X_STOP
+    rip = F.EXT_HEAD.unpack_from(p)[17]
+    sym, _off = ElfFile.open(app("rrbench")).symbolize(rip)
+    assert sym.name == "rt_walltime", hex(rip)
+    os.unlink(disk)
+    p = replay(tmp, rec, "--no-core")
+    assert p.returncode == 143 and "received SIGTERM" in p.stderr, p.stderr
+
+
+@pytest.mark.gdb
+def test_a_gdb_write_during_replay_is_a_divergence_the_user_chose(app, tmp_path):
+    """`return` from corrupt() in a replay: the guest no longer crashes where the
+    recording says, so the replay stops at the first input that differs, names the
+    debugger's write, and gdb is stopped there (the stop is final)."""
+    tmp = str(tmp_path)
+    r, rec = record(tmp, app("nondet"), extra=("--no-core",))
+    with Background(["replay", "--no-core", "--gdb", "127.0.0.1:0", "--gdb-wait",
+                     rec]) as g:
+        addr = g.wait_for(lambda: (re.search(r"listening on (\S+?),", g.stderr()) or
+                                   [None, None])[1], "the stub")
+        out = subprocess.run(
+            ["gdb", "-q", "-nx", "-batch", "-ex", "set confirm off",
+             "-ex", f"target remote {addr}", "-ex", "break corrupt", "-ex", "continue",
+             "-ex", "return", "-ex", "continue", "-ex", "bt", "-ex", "continue",
+             app("nondet")], capture_output=True, text=True, timeout=180)
+        text = out.stdout + out.stderr
+        assert g.wait(60) == 125, text + g.stderr()
+        err = g.stderr()
+    assert "the debugger wrote guest regs at event" in err, err
+    assert re.search(r"replay diverged at event \d+ \(after a debugger write at event "
+                     r"\d+\): recorded .*, but the guest did .*; rip=0x", err), err
+    assert "Program received signal SIGTRAP" in text, text
+    assert re.search(r"#\d+ .* in main", text), text
+
+
+@pytest.mark.gdb
+def test_gdb_stepping_over_a_trapped_rdtsc_records_and_replays_it(app, tmp_path):
+    """A gdb breakpoint on the RDTSC itself, then stepi: the step is the recorder's
+    emulation (recorded), and in the replay the same step feeds the recorded value."""
+    tmp = str(tmp_path)
+    rec = os.path.join(tmp, "s.rec")
+    cmds = ["break *rdtsc+8", "continue", "x/i $pc", "stepi", "x/i $pc",
+            "print/x $rax", "delete", "continue"]
+
+    def session(argv):
+        with Background(argv) as g:
+            addr = g.wait_for(lambda: (re.search(r"listening on (\S+?),", g.stderr()) or
+                                       [None, None])[1], "the stub")
+            argv_gdb = ["gdb", "-q", "-nx", "-batch", "-ex", "set confirm off",
+                        "-ex", f"target remote {addr}"]
+            for c in cmds:
+                argv_gdb += ["-ex", c]
+            out = subprocess.run(argv_gdb + [app("nondet")], capture_output=True,
+                                 text=True, timeout=180)
+            rc = g.wait(60)
+            return rc, g.stdout(), out.stdout + out.stderr
+    rc, live, text = session(["run", "--mem=8", "--no-control", "--no-core", "--record",
+                              rec, "--gdb", "127.0.0.1:0", "--gdb-wait", app("nondet")])
+    assert rc == 255, text
+    assert re.search(r"=> 0x[0-9a-f]+ <rdtsc\+8>:\s+rdtsc", text), text
+    assert re.search(r"=> 0x[0-9a-f]+ <rdtsc\+10>:", text), text
+    rax_live = re.search(r"\$1 = (0x[0-9a-f]+)", text).group(1)
+    rc, replayed, text = session(["replay", "--no-core", "--gdb", "127.0.0.1:0",
+                                  "--gdb-wait", rec])
+    assert rc == 255, text
+    assert replayed == live
+    assert re.search(r"\$1 = (0x[0-9a-f]+)", text).group(1) == rax_live
+    p = replay(tmp, rec, "--no-core")
+    assert p.returncode == 255 and p.stdout == live
+
+
+@pytest.mark.gdb
+def test_timeout_is_replayed_with_the_same_core(app, tmp_path):
+    tmp = str(tmp_path)
+    disk = os.path.join(tmp, "disk.img")
+    with open(disk, "wb") as f:
+        f.write(bytes(8192))
+    r, rec = record(tmp, app("rrbench"), "spin", "100000000",
+                    extra=("--timeout", "0.5", f"--block:storage={disk}"))
+    assert r.returncode == 124, r.stderr
+    os.unlink(disk)
+    p = replay(tmp, rec)
+    assert p.returncode == 124, p.stderr
+    assert "--timeout expired" in p.stderr
+    a, bt_a = gdb_on_core(app("rrbench"), core_in(os.path.join(tmp, "rec")))
+    b, bt_b = gdb_on_core(app("rrbench"), core_in(os.path.join(tmp, "rep")))
+    assert a and a == b and bt_a == bt_b and "main" in bt_a
+
+
+def test_a_plain_run_does_not_load_the_recorder(app, tmp_path):
+    code = ("import os, sys\n"
+            "fd = os.dup(1); os.dup2(os.open(os.devnull, os.O_WRONLY), 1)\n"
+            "from ukdbg.run import run_main\n"
+            "run_main(sys.argv[1:])\n"
+            "os.dup2(fd, 1)\n"
+            "print(' '.join(m for m in sys.modules if m.startswith('ukdbg.replay')))\n")
+    plain = subprocess.run([sys.executable, "-c", code, "--no-control", app("hello")],
+                           capture_output=True, text=True, cwd=ROOT, check=True)
+    assert plain.stdout.strip() == ""
+    rec = subprocess.run([sys.executable, "-c", code, "--no-control", "--record",
+                          str(tmp_path / "h.rec"), app("hello")],
+                         capture_output=True, text=True, cwd=ROOT, check=True)
+    assert "ukdbg.replay.recorder" in rec.stdout.split()
+
+
+def test_cpuid_is_answered_from_the_recorded_table(app, tmp_path):
+    """CPUID exits to KVM, not to ukdbg; the replay hands KVM the recorded table. A
+    recording whose table says another vendor makes the replayed guest print that
+    vendor, which the recording's checksum of that line catches."""
+    import struct as S
+    from ukdbg.replay import format as F
+    tmp = str(tmp_path)
+    r, rec = record(tmp, app("nondet"), extra=("--no-core",))
+    vendor = re.search(r"cpu=(\w+)", r.stdout).group(1)
+    other = "GenuineIntel" if vendor != "GenuineIntel" else "AuthenticAMD"
+
+    def change(t, b):
+        if t != F.R_CPUID:
+            return b
+        b = bytearray(b)
+        nent = S.unpack_from("<I", b, 0)[0]
+        for i in range(nent):
+            off = 8 + 40 * i
+            if S.unpack_from("<I", b, off)[0] == 0:        # leaf 0: the vendor
+                v = other.encode()
+                S.pack_into("<4s4s4s", b, off + 16, v[0:4], v[8:12], v[4:8])  # ebx ecx edx
+        return bytes(b)
+    _rewrite(rec, os.path.join(tmp, "cpuid.rec"), change)
+    p = replay(tmp, os.path.join(tmp, "cpuid.rec"), "--no-core")
+    assert p.returncode == 125, p.stderr
+    assert f"cpu={other}" in p.stderr        # the guest's line, in the divergence report
+    assert "replay diverged at event" in p.stderr

@@ -4,7 +4,7 @@ Loaded by ukdbg/run.py only when --record is given; a plain run pays nothing. It
 hooks the machine at its existing points:
   hypercall table   each entry is wrapped: the argument struct before, the struct
                     after, what the monitor wrote into the guest (NET_READ/BLOCK_READ
-                    data) and a CRC of what the guest handed out (PUTS, *_WRITE)
+                    data) and an Adler-32 of what the guest handed out (PUTS, *_WRITE)
   DebugControl      an int3 on every RDTSC/RDTSCP/RDRAND/RDSEED (traps.py), emulated
                     here with the live value, which is recorded
   write_observers   a debugger's writes to memory, registers, FPU, at their position
@@ -14,6 +14,7 @@ hooks the machine at its existing points:
 The file is opened here, before the guest runs; nothing else is opened later.
 """
 
+import _signal
 import hashlib
 import json
 import os
@@ -22,11 +23,14 @@ import zlib
 
 from ..errors import GuestMemoryError, UkdbgError
 from ..tender import abi, endings
+from ..target import Killed as _Killed
 from ..tender.machine import HANDLED
 from . import format as F
 from . import traps
 
 OWNER = "record"
+SIGPROF = 27
+DEFER_CPU = 0.1         # seconds of CPU an asynchronous end may wait for an exit
 # argument struct size per hypercall (hvt-abi.md §9)
 HC_SIZES = {abi.HC_WALLTIME: 8, abi.HC_PUTS: 16, abi.HC_POLL: 24, abi.HC_BLOCK_WRITE: 40,
             abi.HC_BLOCK_READ: 40, abi.HC_NET_WRITE: 32, abi.HC_NET_READ: 32}
@@ -56,6 +60,8 @@ class Recorder:
         self.hc_stop = None           # a Stop a hypercall handler returned (recorded)
         self.sites = {s.gva: s for s in traps.scan_image(m.image)}
         self.ended = False
+        self.deferred = None          # an asynchronous end held for the next exit
+        self._deferring = True
 
     # --- boot state ---------------------------------------------------------------------
     def boot(self, m) -> None:
@@ -105,7 +111,7 @@ class Recorder:
         buf = w.buf
         pack = _REC_HC.pack
         rec = self
-        crc = zlib.crc32
+        crc = zlib.adler32           # fast; a check, not a cryptographic hash
         body = F.HC_HEAD.size + 2 * size        # a record's length without data
         r_hc = F.R_HC
         flush_bytes = F.FLUSH_BYTES
@@ -118,6 +124,8 @@ class Recorder:
 
         if nr == abi.HC_WALLTIME or nr == abi.HC_POLL:
             def simple(m, gpa):
+                if rec.deferred is not None:
+                    return rec.deliver()
                 if gpa + size > memsize:
                     return rec.raised(nr, gpa, b"", fn, m)
                 before = mm[gpa:gpa + size]
@@ -140,6 +148,8 @@ class Recorder:
             return simple
 
         def hypercall(m, gpa):
+            if rec.deferred is not None:
+                return rec.deliver()
             if gpa + size > memsize:
                 return rec.raised(nr, gpa, b"", fn, m)
             before = mm[gpa:gpa + size]
@@ -211,10 +221,12 @@ class Recorder:
         site = self.sites.get(gva)
         if site is None:
             return None
-        self.emulate(m, gva)
-        return HANDLED
+        stop = self.emulate(m, gva)
+        return HANDLED if stop is None else stop
 
     def emulate(self, m, gva, k=None):
+        if self.deferred is not None:
+            return self.deliver()
         site = self.sites[gva]
         if k is None:
             k = m.vcpu.get_regs()
@@ -223,6 +235,33 @@ class Recorder:
         m.vcpu.set_regs(k)
         self.w.add(F.R_TRAP, F.TRAP_ST.pack(site.kind, gva, value, aux))
         return None
+
+    # --- asynchronous ends at an exit -------------------------------------------------------
+    # A signal (SIGTERM, SIGQUIT, --timeout, `ukdbg stop`) that interrupts the running
+    # guest would end it between two arbitrary instructions, a position a replay can
+    # only reach by breakpoint and register comparison. Recording, the end is held
+    # until the guest's next hypercall or trapped instruction (a position the replay
+    # reaches exactly), at most DEFER_CPU seconds of CPU: then ITIMER_PROF's SIGPROF
+    # ends it where it is.
+    def service(self, signals=None):
+        stop = self._service(signals)
+        # signals None: the loop's KVM_RUN was interrupted (not a wait inside POLL,
+        # whose stop is recorded with that POLL)
+        if signals is None and self._deferring and self.deferred is None \
+                and isinstance(stop, _Killed) and not self.ended:
+            self.deferred = stop
+            _signal.setitimer(_signal.ITIMER_PROF, DEFER_CPU)
+            return None
+        return stop
+
+    def on_prof(self, m, signo):
+        self._deferring = False       # the end comes now, where the guest is
+        return self.deliver()
+
+    def deliver(self):
+        stop, self.deferred = self.deferred, None
+        _signal.setitimer(_signal.ITIMER_PROF, 0)
+        return stop
 
     # --- the outside world ------------------------------------------------------------------
     def ext(self, kind, pos_regs, data=b""):
@@ -245,6 +284,8 @@ class Recorder:
         if self.ended:
             return
         self.ended = True
+        if self.deferred is not None:   # the guest ended first (HALT): no SIGPROF later
+            self.deliver()
         from ..target import Killed
         if isinstance(stop, Killed) and stop is not self.hc_stop:
             try:
@@ -302,6 +343,9 @@ def setup(m, opts) -> None:
         if len(planted) != len(r.sites):
             raise UkdbgError("--record: could not plant a trap on every RDTSC/RDRAND")
         m.vmexit_hooks.insert(0, traps.fast_hook(m, r.sites, OWNER, r.emulate))
+    m.events.watch_signal(SIGPROF, r.on_prof)
+    r._service = m.events.service
+    m.events.service = r.service
     m.write_observers.append(r.on_write)
     m.ending_hooks.insert(0, r.on_end)
     m.events.idle_hooks.append(r.w.flush)
