@@ -22,6 +22,8 @@ MODULES = (
     ("tender.modules.block", lambda o: bool(o.blocks)),
     ("tender.modules.net", lambda o: bool(o.nets)),
     ("tender.traps", lambda o: True),
+    # issue 11: reverse execution (wraps the hypercalls; before the gdb stub)
+    ("reverse", lambda o: o.reverse),
     # issue 4: cores (its ending hook must run first: it sets m.core_path)
     ("tender.modules.dumpcore", lambda o: not o.no_core or bool(o.core_on)),
     # issue 5: the crash report (after dumpcore: it prints m.core_path)

@@ -24,6 +24,9 @@ debugging:
                                a bare --gdb means 127.0.0.1:1234 and --gdb-wait (solo5)
   --gdb-wait                   hold the guest at its first instruction until gdb continues
   --gdb-on-crash               on a crash keep the guest frozen and wait for gdb to attach
+  --reverse                    with --gdb: checkpoints, so gdb's reverse-stepi,
+                               reverse-continue, ... work (deterministic guests only)
+  --checkpoint-mem MB          memory kept for checkpoints (default 256)
 post-mortem:
   --core-dir DIR               where cores go (default: the current directory)
   --no-core                    do not write a core when the guest crashes
@@ -79,6 +82,8 @@ class RunOptions:
         self.log = None
         self.console = None
         self.control = True
+        self.reverse = False          # issue 11: checkpoints for gdb's reverse commands
+        self.checkpoint_mem = 256     # MiB kept for checkpoints
         self.app = None
         self.args = []
         self.argv = []
@@ -87,9 +92,10 @@ class RunOptions:
 # option -> (attribute, takes a value). Options with a NAME part are handled apart.
 _VALUED = {"--mem": "mem", "--gdb-port": "gdb_port", "--core-dir": "core_dir",
            "--dumpcore": "core_dir", "--core-on": "core_on", "--report": "report",
-           "--timeout": "timeout", "--log": "log", "--console": "console"}
+           "--timeout": "timeout", "--log": "log", "--console": "console",
+           "--checkpoint-mem": "checkpoint_mem"}
 _FLAGS = {"--gdb-wait": "gdb_wait", "--wait-gdb": "gdb_wait", "--gdb-on-crash": "gdb_on_crash",
-          "--no-core": "no_core", "--trace-summary": "trace_summary"}
+          "--no-core": "no_core", "--trace-summary": "trace_summary", "--reverse": "reverse"}
 _SIGNALS = {"HUP": 1, "INT": 2, "QUIT": 3, "USR1": 10, "USR2": 12, "ALRM": 14, "TERM": 15,
             "CONT": 18, "WINCH": 28, "PWR": 30}
 
@@ -210,6 +216,8 @@ def parse_run(argv: list) -> RunOptions:
         raise UsageError("missing APP (the unikernel to run)", "see ukdbg run --help")
     if o.gdb_wait and o.gdb is None:
         o.gdb = "127.0.0.1:1234"
+    if o.reverse and o.gdb is None:
+        raise UsageError("--reverse needs --gdb (reverse execution is a gdb feature)")
     return o
 
 
@@ -247,6 +255,10 @@ def _set_valued(o, opt, val):
         o.log = val
     elif opt == "--console":
         o.console = val
+    elif opt == "--checkpoint-mem":
+        if not val.isdigit() or int(val) <= 0:
+            raise UsageError(f"--checkpoint-mem {val}: expected a positive number of MiB")
+        o.checkpoint_mem = int(val)
 
 
 def _help():
