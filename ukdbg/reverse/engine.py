@@ -376,7 +376,7 @@ class Engine:
         perform the write (the state after it) and return None."""
         gpa, data = pre_hit
         k = self.m.vcpu.get_regs()
-        w = _store_before(self.t, k, gpa)
+        w = _store_before(self.t, k, gpa, self.m.image.elf)
         if w is None:
             dc = self.m.debug
             (dc.write_through if dc is not None else self.m.mem.write)(gpa, data)
@@ -637,9 +637,12 @@ class Engine:
         return "\n".join(out) + "\n"
 
 
-def _store_before(target, k, gpa):
+def _store_before(target, k, gpa, elf=None):
     """The address of the store instruction that ends at k.rip and writes gpa, when it
-    has no effect besides that write (a mov to memory), else None."""
+    has no effect besides that write (a mov to memory), else None. Instruction starts
+    come from decoding forward from the start of the enclosing function (x86 cannot be
+    decoded backwards reliably: a REX-prefixed store's tail is a store too); without a
+    symbol, the longest candidate that decodes to exactly the gap is taken."""
     try:
         from capstone import CS_ARCH_X86, CS_MODE_64, Cs
         from capstone.x86 import X86_OP_MEM
@@ -648,32 +651,46 @@ def _store_before(target, k, gpa):
     md = Cs(CS_ARCH_X86, CS_MODE_64)
     md.detail = True
     end = k.rip
-    try:
-        code = target.read_memory(end - 15, 15)
-    except UkdbgError:
-        return None
+    cands = []
+    sym = elf.symbolize(end - 1) if elf is not None else None
+    if sym is not None and 0 < sym[1] + 1 <= 0x4000:
+        start = sym[0].value
+        try:
+            code = target.read_memory(start, end - start)
+        except UkdbgError:
+            code = b""
+        last = None
+        for i in md.disasm(code, start):
+            last = i
+            if i.address + i.size >= end:
+                break
+        if last is not None and last.address + last.size == end:
+            cands = [last]
+    if not cands:
+        try:
+            code = target.read_memory(end - 15, 15)
+        except UkdbgError:
+            return None
+        for length in range(15, 0, -1):
+            insns = list(md.disasm(code[15 - length:], end - length, 1))
+            if insns and insns[0].size == length:
+                cands.append(insns[0])
     regs = {"rax": k.rax, "rbx": k.rbx, "rcx": k.rcx, "rdx": k.rdx, "rsi": k.rsi,
             "rdi": k.rdi, "rbp": k.rbp, "rsp": k.rsp, "r8": k.r8, "r9": k.r9,
             "r10": k.r10, "r11": k.r11, "r12": k.r12, "r13": k.r13, "r14": k.r14,
             "r15": k.r15, "rip": end}
-    for length in range(1, 16):
-        start = end - length
-        insns = list(md.disasm(code[15 - length:], start, 1))
-        if not insns or insns[0].size != length:
-            continue
-        i = insns[0]
+    for i in cands:
         ops = i.operands
         if not i.mnemonic.startswith("mov") or len(ops) != 2 or ops[0].type != X86_OP_MEM \
                 or ops[1].type == X86_OP_MEM:
             continue
-        mem = i.operands[0].mem
+        mem = ops[0].mem
         base = i.reg_name(mem.base) if mem.base else None
         index = i.reg_name(mem.index) if mem.index else None
         if mem.segment or (base and base not in regs) or (index and index not in regs):
             continue
         ea = (regs[base] if base else 0) + (regs[index] * mem.scale if index else 0) + mem.disp
-        ea &= (1 << 64) - 1
-        t = target.translate(ea)
+        t = target.translate(ea & (1 << 64) - 1)
         if t and t.gpa <= gpa < t.gpa + 64:
-            return start
+            return i.address
     return None
