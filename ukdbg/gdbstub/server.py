@@ -545,6 +545,9 @@ class GdbServer:
         return (b"m" if more else b"l") + escape(chunk)
 
     def _monitor(self, cmd):
+        # A monitor command may move the target (reverse execution's `goto`).
+        self._invalidate()
+        self._forget()
         try:
             text = monitor.run(self.t, cmd.command)
             ok = True
