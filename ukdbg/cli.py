@@ -12,6 +12,7 @@ usage: ukdbg COMMAND [ARGS...]
 
 commands:
   run [OPTIONS] APP.hvt [ARGS...]   boot a Solo5 hvt unikernel (ukdbg run --help)
+  replay FILE [OPTIONS]             replay a run recorded with run --record FILE
   core CORE [OPTIONS]               inspect a core file written by ukdbg
   ps                                list running unikernels
   status|pause|resume|stop PID      query or steer a running unikernel
@@ -25,6 +26,7 @@ ukdbg --version, ukdbg COMMAND --help
 # subcommand -> module under ukdbg/ exposing main(argv) -> int
 COMMANDS = {
     "run": "run:run_main",
+    "replay": "replay.replayer:replay_main",
     "core": "inspect.cli:core_main",
     "ps": "control.client:ps_main",
     "status": "control.client:status_main",

@@ -35,6 +35,8 @@ MODULES = (
     ("tender.modules.timeout", lambda o: bool(o.timeout)),
     ("tender.modules.log", lambda o: bool(o.log or o.console)),
     ("tender.modules.control", lambda o: o.control),
+    # issue 10: --record FILE (last: it wraps every hypercall entry, trace's included)
+    ("replay.recorder", lambda o: bool(getattr(o, "record", None))),
 )
 
 # Features a running guest may load later (the control socket's `core` and `gdb`):
@@ -68,6 +70,8 @@ def prepare(argv: list, only=None, warn=warn):
                 _import(name).setup(m, opts)
         check_devices_attached(m)
         write_boot_info(m, " ".join(opts.args).encode())
+        for hook in getattr(m, "boot_hooks", ()):
+            hook(m)             # the boot state is final (--record writes it)
     except BaseException:
         m.close()
         raise

@@ -28,11 +28,15 @@ ALLOWED = {
     # Live debugging drives the tender's machine; the tender never reaches back.
     "ukdbg.debugger": {"ukdbg.kvm", "ukdbg.arch", "ukdbg.target", "ukdbg.elf", "ukdbg.gdbstub",
                        "ukdbg.tender"},
-    # The composition root (ukdbg run) wires tender and debugger features together.
-    "ukdbg.run": {"ukdbg.target", "ukdbg.tender", "ukdbg.debugger", "ukdbg.reverse"},
     # Reverse execution drives the debugger (and the replayer's input cursor).
     "ukdbg.reverse": {"ukdbg.kvm", "ukdbg.arch", "ukdbg.target", "ukdbg.elf", "ukdbg.tender",
                       "ukdbg.debugger", "ukdbg.replay"},
+    # The composition root (ukdbg run) wires tender and debugger features together.
+    "ukdbg.run": {"ukdbg.target", "ukdbg.tender", "ukdbg.debugger", "ukdbg.replay",
+                  "ukdbg.reverse"},
+    # Record and replay (issue 10): hooks on the tender's machine, driven like live.
+    "ukdbg.replay": {"ukdbg.arch", "ukdbg.target", "ukdbg.elf", "ukdbg.tender",
+                     "ukdbg.run"},
 }
 # Packages that drive the tender: it must never import them, even lazily or by name.
 DRIVERS = ("ukdbg.debugger", "ukdbg.replay", "ukdbg.reverse")

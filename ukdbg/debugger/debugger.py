@@ -94,6 +94,13 @@ class LiveDebugger:
         return t.gpa if t else None
 
     def write_registers(self, regs) -> None:
+        observers = self.m.write_observers
+        before = self.m.vcpu.get_regs() if observers else None
+        self._write_registers(regs)
+        for obs in observers:                    # with the registers before the write
+            obs(self.m, "regs", before)
+
+    def _write_registers(self, regs) -> None:
         from ..arch.x86_64 import GPRS
         vcpu = self.m.vcpu
         fv = self.t.fault_view
@@ -127,6 +134,8 @@ class LiveDebugger:
 
     def write_fpu(self, fpu) -> None:
         self.t.write_fpu_state(fpu)
+        for obs in self.m.write_observers:
+            obs(self.m, "fpu", fpu)
 
     def write_memory(self, addr: int, data: bytes) -> None:
         """Guest-virtual write, all or nothing; planted breakpoints stay planted (the
@@ -142,6 +151,8 @@ class LiveDebugger:
             pieces.append((t.gpa, data[pos - addr:pos - addr + n]))
             pos += n
         for gpa, chunk in pieces:
+            for obs in self.m.write_observers:
+                obs(self.m, "mem", (gpa, chunk))
             if self.m.debug is not None and self.m.debug.sw:
                 self.m.debug.write_through(gpa, chunk)
             else:
@@ -201,8 +212,13 @@ class LiveDebugger:
         return False
 
     def _step_over(self, rip):
-        """One instruction with the breakpoint at rip lifted, then put back."""
+        """One instruction with the breakpoint at rip lifted, then put back. An
+        instruction a breakpoint owner emulates (replay's RDTSC...) is emulated."""
         dc = self.dc
+        emulate = dc.emulator_at(rip)
+        if emulate is not None:
+            stop = emulate(self.m, rip)
+            return Stepped() if stop is None else stop
         for gpa, bp in dc.sw.items():
             if bp.gva == rip:
                 dc.lift(gpa)

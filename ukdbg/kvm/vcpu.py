@@ -25,6 +25,7 @@ _EAGAIN = _errno.EAGAIN
 _EFAULT = _errno.EFAULT
 _IO = uapi.RUN_IO
 _U32 = struct.Struct("<I")
+_MSRS = struct.Struct("<IIIIQ")      # struct kvm_msrs with one kvm_msr_entry
 
 
 class VcpuFd:
@@ -217,6 +218,17 @@ class VcpuFd:
         if not t.valid:
             return None
         return t.physical_address, bool(t.writeable)
+
+    def get_msr(self, index: int) -> int:
+        """KVM_GET_MSRS for one MSR (e.g. 0x10, the guest's TSC)."""
+        buf = bytearray(_MSRS.pack(1, 0, index, 0, 0))
+        try:
+            n = ioctl_inout(self.fd, uapi.KVM_GET_MSRS, buf)
+        except OSError as e:
+            raise KvmError("KVM_GET_MSRS", e.errno) from None
+        if n != 1:
+            raise KvmError("KVM_GET_MSRS", _errno.EINVAL)
+        return _MSRS.unpack(buf)[4]
 
     def get_tsc_khz(self) -> int:
         try:

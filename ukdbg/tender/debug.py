@@ -36,6 +36,9 @@ class DebugControl:
         self.hw = [None] * 4         # gva per debug register slot
         self.single_step = False
         self.handlers = {}           # owner -> fn(m, kind, gva) -> Stop | HANDLED | None
+        # owner -> fn(m, gva) -> Stop | None: the owner performs the instruction under
+        # its breakpoint itself (replay's RDTSC...); a step over it must call this
+        self.emulators = {}
         self._applied = None
         self._hooked = False
 
@@ -117,6 +120,18 @@ class DebugControl:
         if bp is not None and not bp.lifted:
             self.m.mem.write(gpa, bytes((bp.orig,)))
             bp.lifted = True
+
+    def emulator_at(self, gva: int):
+        """The emulator of an owner of the breakpoint planted at gva, or None."""
+        if not self.emulators:
+            return None
+        for bp in self.sw.values():
+            if bp.gva == gva and not bp.lifted:
+                for owner in bp.owners:
+                    fn = self.emulators.get(owner)
+                    if fn is not None:
+                        return fn
+        return None
 
     def replant(self) -> None:
         for bp in self.sw.values():

@@ -48,6 +48,7 @@ class Events:
         self.sources = {}            # fd -> callback(m) -> Stop | None
         self.signal_handlers = {}    # signo -> fn(m, signo) -> Stop | None
         self.stop_request = None     # a Stop a callback wants the loop to return
+        self.idle_hooks = []         # fn() before wait() blocks (a recorder flushes)
         self.armed = False
         self.blocked = BLOCKED
         self._wake_r = self._wake_w = -1
@@ -169,6 +170,9 @@ class Events:
         # poll() takes an int of milliseconds; a guest may ask for centuries (POLL's
         # timeout is the guest's u64): wait at most ~24 days per call, callers loop.
         ms = None if timeout is None else min(max(0, int(timeout * 1000 + 0.999)), 2**31 - 1)
+        if self.idle_hooks and ms != 0 and not p.poll(0):
+            for fn in self.idle_hooks:
+                fn()
         old_fd = _signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False) \
             if self.armed else -1
         if self.armed:

@@ -38,6 +38,9 @@ management:
   --trace-summary              print a table of hypercalls at exit (strace -c style)
   --log FILE                   append JSON lines for lifecycle events
   --console FILE               also copy the guest's console output to FILE
+record and replay:
+  --record FILE                record every input of the run to FILE (ukdbg replay FILE)
+  --record-limit SIZE          stop recording (not the guest) at SIZE bytes (e.g. 100M)
   --no-control                 do not open the control socket (ukdbg ps/status/...)
   -h, --help                   this help;  --version  the version
 
@@ -84,6 +87,8 @@ class RunOptions:
         self.control = True
         self.reverse = False          # issue 11: checkpoints for gdb's reverse commands
         self.checkpoint_mem = 256     # MiB kept for checkpoints
+        self.record = None            # --record FILE (docs/replay.md)
+        self.record_limit = None      # bytes
         self.app = None
         self.args = []
         self.argv = []
@@ -93,7 +98,8 @@ class RunOptions:
 _VALUED = {"--mem": "mem", "--gdb-port": "gdb_port", "--core-dir": "core_dir",
            "--dumpcore": "core_dir", "--core-on": "core_on", "--report": "report",
            "--timeout": "timeout", "--log": "log", "--console": "console",
-           "--checkpoint-mem": "checkpoint_mem"}
+           "--checkpoint-mem": "checkpoint_mem",
+           "--record": "record", "--record-limit": "record_limit"}
 _FLAGS = {"--gdb-wait": "gdb_wait", "--wait-gdb": "gdb_wait", "--gdb-on-crash": "gdb_on_crash",
           "--no-core": "no_core", "--trace-summary": "trace_summary", "--reverse": "reverse"}
 _SIGNALS = {"HUP": 1, "INT": 2, "QUIT": 3, "USR1": 10, "USR2": 12, "ALRM": 14, "TERM": 15,
@@ -218,6 +224,8 @@ def parse_run(argv: list) -> RunOptions:
         o.gdb = "127.0.0.1:1234"
     if o.reverse and o.gdb is None:
         raise UsageError("--reverse needs --gdb (reverse execution is a gdb feature)")
+    if o.record_limit is not None and o.record is None:
+        raise UsageError("--record-limit needs --record FILE")
     return o
 
 
@@ -259,6 +267,21 @@ def _set_valued(o, opt, val):
         if not val.isdigit() or int(val) <= 0:
             raise UsageError(f"--checkpoint-mem {val}: expected a positive number of MiB")
         o.checkpoint_mem = int(val)
+    elif opt == "--record":
+        o.record = val
+    elif opt == "--record-limit":
+        o.record_limit = parse_size(val, opt)
+
+
+def parse_size(val: str, opt: str) -> int:
+    """'4096', '64k', '100M', '2G' -> bytes."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    v = val.strip().upper().removesuffix("B").removesuffix("I")
+    u = v[-1:] if v[-1:] in units else ""
+    num = v[:-1] if u else v
+    if not num.isdigit() or int(num) <= 0:
+        raise UsageError(f"{opt} {val}: expected a size in bytes (e.g. 4096, 64k, 100M)")
+    return int(num) * units[u]
 
 
 def _help():
