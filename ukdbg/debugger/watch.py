@@ -45,6 +45,7 @@ class Watchpoints:
         self.refused = ""                 # why the last add was refused
         self._forbidden = None            # (cr3, {page: reason})
         self.last_hits = []               # (kind, addr, size) hit by the last access
+        self.last_write = False           # ... which was a write
         self.pre = ()                     # reverse execution: see _perform
         self.pre_hit = None
 
@@ -220,6 +221,7 @@ class Watchpoints:
                 hits.append((w, sva + (lo - sg)))
                 break
         self.last_hits = [(w.kind, w.addr, w.size) for w, _ in hits]
+        self.last_write = bool(ex.is_write)
         if ex.is_write and hits and self.pre and \
                 any((w.kind, w.addr, w.size) in self.pre for w, _ in hits):
             self.pre_hit = (gpa, new)

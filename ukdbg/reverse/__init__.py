@@ -8,11 +8,12 @@ Imports go one way: reverse -> debugger -> tender (tests/unit/test_layering.py).
 """
 
 
-def setup(m, opts, cursor=None) -> None:
-    """`ukdbg run --reverse` (and the replayer): history starts when gdb first asks."""
+def setup(m, opts, replayer=None) -> None:
+    """`ukdbg run --reverse` and `ukdbg replay --gdb` (replayer: its input cursor is
+    saved with every checkpoint): the history starts when gdb first asks."""
     from .engine import Engine
-    if m.devices and any(d.attached for d in m.devices) and cursor is None:
+    if m.devices and any(d.attached for d in m.devices) and replayer is None:
         from ..errors import UkdbgError
         raise UkdbgError("--reverse: a guest with block or network devices is not "
                          "deterministic; record it and use 'ukdbg replay'")
-    m.reverse = Engine(m, opts.checkpoint_mem << 20, cursor=cursor)
+    m.reverse = Engine(m, getattr(opts, "checkpoint_mem", 256) << 20, replayer=replayer)

@@ -89,10 +89,13 @@ class Engine:
     """Reverse execution for one machine; the gdb stub's resumable, breakpoints and
     watchpoints capabilities while it is on, plus reverse() and monitor commands."""
 
-    def __init__(self, m, limit_bytes, cursor=None):
+    def __init__(self, m, limit_bytes, replayer=None):
         self.m = m
         self.limit = limit_bytes
-        self.cursor = cursor          # a replay input cursor (save/restore), or None
+        # A replay's input cursor (save/restore) is part of every checkpoint; the
+        # replayer prints only console output beyond its own high-water mark.
+        self.replayer = replayer
+        self.cursor = replayer.cursor if replayer is not None else None
         self.t = self.dbg = None
         self.store = None
         self.anchor = None            # the checkpoint the position is reached from
@@ -108,7 +111,6 @@ class Engine:
         self.marks = {}               # bookmark id -> (anchor, legs)
         self.next_mark = 1
         self.frontier_t = 0.0
-        self.end_stop = None          # a replay's end: forward stops there
         self.stats = {"restores": 0, "reruns": 0, "steps": 0}
         self._wrap_machine()
 
@@ -142,6 +144,8 @@ class Engine:
         for nr, fn in enumerate(table):
             if fn is not None:
                 table[nr] = wrap(fn)
+        if self.replayer is not None:
+            return
         cons = m.console
         write = cons.write
 
@@ -271,6 +275,7 @@ class Engine:
         self.dbg.dead = e["dead"]
         if self.cursor is not None and e["cursor"] is not None:
             self.cursor.restore(e["cursor"])
+            self.replayer.resync()
         self.t.fault_view = None
         self.t.invalidate()
         self.anchor, self.legs, self.cost, self.at_anchor = c, (), 0.0, True
@@ -340,15 +345,19 @@ class Engine:
                 if is_s:
                     count += 1
                 final = is_s and count == leg.n and i == len(legs) - 1
-                if user is not None and (include_end or not final) and hits is not None:
-                    if rip in user.sw or rip in user.hw:
+                if user is not None and hits is not None:
+                    # A breakpoint reached at the position is not before it; a write
+                    # that ends at the position is.
+                    if (include_end or not final) and (rip in user.sw or rip in user.hw):
                         hits.append((self.anchor, _add_leg(self.legs, Leg(comb, j, False)),
                                      Breakpoint(rip, hardware=rip in user.hw), rip))
-                    elif isinstance(stop, Watchpoint):
+                    elif isinstance(stop, Watchpoint) and (w.last_write or not final):
+                        # Going back to a write stops before it; to a read, after it
+                        # (so a read that ends at the position is not before it).
                         uh = [h for h in w.last_hits if h in user.watches]
                         if uh:
                             hits.append((self.anchor,
-                                         _add_leg(self.legs, Leg(comb, j, True)),
+                                         _add_leg(self.legs, Leg(comb, j, w.last_write)),
                                          Watchpoint(uh[0][0], stop.addr), rip))
                 if ckpt and count < leg.n and time.perf_counter() - t0 > CKPT_INTERVAL:
                     # Re-anchor: the rest of this leg counts from here.
@@ -396,8 +405,8 @@ class Engine:
     def resume(self, step=False):
         s = self._user_set(step)
         self._apply(self.user)
-        if self.end_stop is not None and self._at_end():
-            return self._edge("end")
+        if self.replayer is not None and self.dbg.dead is not None:
+            return self._edge("end")           # a replay's end: nothing after it
         # A continue also stops (for the engine only) after each hypercall: cheap
         # points for checkpoints during long runs. The leg counts those stops too.
         run = s if step else s._replace(events=True)
@@ -431,6 +440,11 @@ class Engine:
         return self._after_forward(stop)
 
     def _after_forward(self, stop):
+        if _terminal(stop) and self.replayer is not None:
+            # The end of the recording: forward execution stops there, and the
+            # session goes on (reverse commands still work).
+            self._apply(self.user)
+            return self._edge("end")
         if not _terminal(stop):
             t = self.anchor.t + self.cost
             if self.cost > CKPT_INTERVAL or (t > self.frontier_t and self.cost > 0.01):
@@ -459,9 +473,6 @@ class Engine:
                 break
         self.legs = _add_leg(self.legs, Leg(probe, j, False))
         return self._after_forward(Interrupted())
-
-    def _at_end(self):
-        return False
 
     # --- backward --------------------------------------------------------------------------
     def _edge(self, where):
@@ -535,7 +546,7 @@ class Engine:
             self.legs = _add_leg(self.legs, Leg(STEP, 1, False))
             self.at_anchor = False
             if _terminal(stop):
-                raise HistoryError("the history ended while stepping back")
+                return steps               # the leg ends where the history does
             rip = self._rip()
             hit = (rip in s.sw or rip in s.hw
                    or (isinstance(stop, Crashed) and stop.cause == "exception")
