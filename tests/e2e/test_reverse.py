@@ -51,11 +51,11 @@ def test_reverse_stepi_nexti_step_next_finish(fixtures_dir):
         assert [f for _, f in pcs] == ["round_", "work", "round_", "round_"], out
         assert pcs[0][0] == pcs[2][0] and pcs[1][0] != pcs[0][0], out
         rest = out.split("$4 = ")[1]
-        assert re.search(r"work \(i=1\) at apps/rev.c:21", rest), out    # reverse-step
+        assert re.search(r"work \(i=1\) at apps/rev.c:25", rest), out    # reverse-step
         assert re.search(r"round_ \+ \d+ in section \.text", rest), out   # reverse-finish
-        # reverse-next goes to the start of line 25, reverse-nexti into the prologue
-        # (line 24); `next` then stops at line 25 again, before round 1 adds to total.
-        assert re.search(r"0x[0-9a-f]+\s+24\s+\{", rest), out
+        # reverse-next goes to the start of line 29, reverse-nexti into the prologue
+        # (line 28); `next` then stops at line 29 again, before round 1 adds to total.
+        assert re.search(r"0x[0-9a-f]+\s+28\s+\{", rest), out
         assert int(pcs[3][0], 16) < int(pcs[0][0], 16), out
         assert re.search(r"\$\d+ = 10\n", rest), out
 
@@ -83,7 +83,7 @@ def test_breakpoints_and_watchpoints_set_while_going_backwards(fixtures_dir):
         assert re.search(r"Breakpoint 2, work \(i=1\)", out), out
         # history[0] = 10 was written in round 0; before that it was 0.
         assert re.search(r"Old value = 10\s+New value = 0", out), out
-        assert re.search(r"round_ \(i=0\) at apps/rev.c:26", out), out
+        assert re.search(r"round_ \(i=0\) at apps/rev.c:30", out), out
         assert out.count("No more reverse-execution history.") == 1, out
 
 
