@@ -111,6 +111,7 @@ class Engine:
         self.marks = {}               # bookmark id -> (anchor, legs)
         self.next_mark = 1
         self.frontier_t = 0.0
+        self.auto_checkpoints = True  # at stops whose path got expensive (benches: off)
         self.stats = {"restores": 0, "reruns": 0, "steps": 0}
         self._wrap_machine()
 
@@ -168,6 +169,7 @@ class Engine:
             self.store = Store(self.m, self.limit)
             self.anchor = self.store.take((), self._extra(), self.events, 0.0)
             self.anchor.label = "start"
+            self._jumps_to(0)             # decode the image's branches once, now
         return self
 
     def _extra(self):
@@ -422,7 +424,7 @@ class Engine:
                     stop = Breakpoint(rip, hardware=rip in s.hw)     # an arrival
                     break
                 now = time.perf_counter()
-                if now - since > CKPT_INTERVAL:
+                if now - since > CKPT_INTERVAL and self.auto_checkpoints:
                     self.legs = _add_leg(self.legs, Leg(run, k, False))
                     self.cost += now - t0
                     self._checkpoint("run")
@@ -445,7 +447,7 @@ class Engine:
             # session goes on (reverse commands still work).
             self._apply(self.user)
             return self._edge("end")
-        if not _terminal(stop):
+        if not _terminal(stop) and self.auto_checkpoints:
             t = self.anchor.t + self.cost
             if self.cost > CKPT_INTERVAL or (t > self.frontier_t and self.cost > 0.01):
                 self._checkpoint("stop")
@@ -516,6 +518,8 @@ class Engine:
                 legs = prefix + ((Leg(last.stops, last.n - 1, False),) if last.n > 1 else ())
                 self._goto(anchor, legs)
                 return report
+            if not last.pre and self._fall_through_back(anchor, prefix, last):
+                return report
             # Count the instructions of the last leg by single-stepping through it.
             self._goto(anchor, prefix)
             steps = self._count_steps(last)
@@ -530,6 +534,51 @@ class Engine:
                 anchor, legs = anchor.parent, tuple(anchor.legs)
             else:
                 legs = prefix
+
+    def _fall_through_back(self, anchor, prefix, last):
+        """The fast way back one instruction, without single-stepping the leg: when
+        the instruction before the end of the leg is the one that falls through to
+        its rip X (decoded from the function's start), re-run the leg with
+        breakpoints on it and on X; if its last arrival is the stop right before
+        the end, it is the instruction before (nothing else ran in between). True if
+        done; else the caller single-steps."""
+        x = self._rip()
+        preds = set(self._jumps_to(x))
+        prev = _fall_through_pred(self.t, self.m.image.elf, x)
+        if prev is not None:
+            preds.add(prev)
+        if not preds or len(preds) > 64:
+            return False
+        probe = StopSet(frozenset(preds | {x}), frozenset(), (), False, False)
+        comb = last.stops.union(probe)
+        self._goto(anchor, prefix)
+        self._apply(comb)
+        j = count = 0
+        j_prev = None
+        while count < last.n:
+            stop = self._resume1(comb.step, comb.events)
+            j += 1
+            if _terminal(stop):
+                return False
+            rip = self._rip()
+            if self._matches(last.stops, stop, rip):
+                count += 1
+                if count == last.n:
+                    break
+            if rip in preds:
+                j_prev = j
+        if j_prev is None or j_prev != j - 1:
+            return False
+        self._goto(anchor, prefix + (Leg(comb, j_prev, False),))
+        return True
+
+    def _jumps_to(self, x):
+        """Addresses of the direct `call`/`jmp` instructions to x in the image's code
+        (decoded once)."""
+        idx = getattr(self, "_branch_index", None)
+        if idx is None:
+            idx = self._branch_index = _branch_index(self.m.image)
+        return idx.get(x, ())
 
     def _count_steps(self, leg):
         """From here, single-step until the leg's n-th stop; returns the number of
@@ -705,3 +754,61 @@ def _store_before(target, k, gpa, elf=None):
         if t and t.gpa <= gpa < t.gpa + 64:
             return i.address
     return None
+
+
+_FLOW = ("jmp", "ret", "call", "iret", "int", "syscall", "sysret", "hlt", "ud2", "out",
+         "in", "loop", "jecxz", "jrcxz", "rdtsc", "rdrand", "rdseed")
+
+
+def _fall_through_pred(target, elf, x):
+    """The address of the instruction that ends at x and continues to x (not a
+    jump, call, return, port access or trapped instruction), decoded forward from
+    the start of x's function; None when there is none or it cannot be known."""
+    sym = elf.symbolize(x) if elf is not None else None
+    if sym is None or sym[1] == 0 or sym[1] > 0x4000:
+        return None
+    try:
+        from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+    except ImportError:
+        return None
+    start = sym[0].value
+    try:
+        code = target.read_memory(start, x - start)
+    except UkdbgError:
+        return None
+    last = None
+    for i in Cs(CS_ARCH_X86, CS_MODE_64).disasm(code, start):
+        last = i
+    if last is None or last.address + last.size != x:
+        return None
+    m = last.mnemonic
+    if m.startswith("j") or m.startswith(_FLOW) or m.startswith(("rep", "bnd")):
+        return None
+    return last.address
+
+
+def _branch_index(image):
+    """{target: [address of a direct call or jmp to it]} over the executable
+    segments (a linear sweep; fixture and unikernel code has no data in text)."""
+    out = {}
+    try:
+        from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+    except ImportError:
+        return out
+    md = Cs(CS_ARCH_X86, CS_MODE_64)
+    md.skipdata = True
+    elf = image.elf
+    for seg in image.segments:
+        if "x" not in seg.perms:
+            continue
+        ph = [p for p in elf.segments if p.type == 1 and p.vaddr == seg.start]
+        if not ph:
+            continue
+        code = elf.data[ph[0].offset:ph[0].offset + ph[0].filesz]
+        for addr, _size, mnem, ops in md.disasm_lite(code, seg.start):
+            if mnem in ("call", "jmp") and ops.startswith("0x"):
+                try:
+                    out.setdefault(int(ops, 16), []).append(addr)
+                except ValueError:
+                    pass
+    return out
