@@ -110,3 +110,33 @@ def test_states_equal_both_ways_on_a_replay(app, tmp_path):
     finally:
         m.close()
         replayer._rmtree(tmp)
+
+
+def test_an_interrupted_continue_gets_a_position(app):
+    """Ctrl-C stops anywhere; the engine moves to a located state (the first arrival
+    at that instruction after as many hypercalls), from which going back and forth
+    lands on the same states."""
+    import threading
+    # In process the events are not armed: the interrupt lands at the next exit
+    # (finish()'s PUTS), a place with no breakpoint; gdb's Ctrl-C is tested e2e.
+    m, t, eng = machine(app("rev"), "3 100000")
+    try:
+        eng.add_sw_breakpoint(symbol(m, "burn"))
+        eng.resume()
+        eng.remove_sw_breakpoint(symbol(m, "burn"))
+        timer = threading.Timer(0.3, eng.interrupt)
+        timer.start()
+        stop = eng.resume()
+        timer.join()
+        from ukdbg.target import Interrupted
+        assert isinstance(stop, Interrupted), stop
+        here = whole_state(m)
+        eng.resume(step=True)
+        after = whole_state(m)
+        assert after != here
+        eng.reverse(True)
+        assert whole_state(m) == here
+        eng.resume(step=True)
+        assert whole_state(m) == after
+    finally:
+        m.close()

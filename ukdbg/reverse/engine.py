@@ -463,6 +463,8 @@ class Engine:
         anchor, legs = self.anchor, self.legs
         self._restore(anchor)
         self._run(legs)
+        if self._rip() == rip and self.events >= events:
+            return self._after_forward(Interrupted())     # the path's end is it
         probe = s._replace(sw=s.sw | {rip}, events=False)
         self._apply(probe)
         j = 0
