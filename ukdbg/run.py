@@ -22,6 +22,9 @@ MODULES = (
     ("tender.modules.block", lambda o: bool(o.blocks)),
     ("tender.modules.net", lambda o: bool(o.nets)),
     ("tender.traps", lambda o: True),
+    # issue 10: --record FILE (after the hypercall modules: it wraps their entries;
+    # before the gdb listener opens: its set-up scans the image)
+    ("replay.recorder", lambda o: bool(o.record)),
     # issue 11: reverse execution (wraps the hypercalls; before the gdb stub)
     ("reverse", lambda o: o.reverse),
     # issue 4: cores (its ending hook must run first: it sets m.core_path)
@@ -35,8 +38,6 @@ MODULES = (
     ("tender.modules.timeout", lambda o: bool(o.timeout)),
     ("tender.modules.log", lambda o: bool(o.log or o.console)),
     ("tender.modules.control", lambda o: o.control),
-    # issue 10: --record FILE (last: it wraps every hypercall entry, trace's included)
-    ("replay.recorder", lambda o: bool(getattr(o, "record", None))),
 )
 
 # Features a running guest may load later (the control socket's `core` and `gdb`):

@@ -217,8 +217,9 @@ class LiveDebugger:
         dc = self.dc
         emulate = dc.emulator_at(rip)
         if emulate is not None:
-            stop = emulate(self.m, rip)
-            return Stepped() if stop is None else stop
+            stop = emulate(self.m, rip)     # NotImplemented: not emulated, step it
+            if stop is not NotImplemented:
+                return Stepped() if stop is None else stop
         for gpa, bp in dc.sw.items():
             if bp.gva == rip:
                 dc.lift(gpa)

@@ -67,7 +67,7 @@ class Writer:
     and writes a chunk (every FLUSH_BYTES, when the guest is about to sleep, and at
     least every FLUSH_SECONDS of events)."""
 
-    def __init__(self, fd: int, limit=None, warn=None, level: int = 6):
+    def __init__(self, fd: int, limit=None, warn=None, level: int = 1):
         self.fd = fd
         self.limit = limit
         self.warn = warn
@@ -88,19 +88,27 @@ class Writer:
 
     def add(self, rtype: int, payload) -> None:
         if self.stopped:
-            return
+            return                      # (the hypercall wrappers append to buf itself)
         b = self.buf
         b += REC.pack(rtype, len(payload))
         b += payload
         self.events += 1
-        if len(b) >= FLUSH_BYTES or (not self.events & 63 and
-                                     time.monotonic() - self.last_flush > FLUSH_SECONDS):
+        if len(b) >= FLUSH_BYTES or not self.events & 63:
+            self.maybe_flush()
+
+    def maybe_flush(self) -> None:
+        """From the hot paths, every 64 events: flush a full buffer or old events."""
+        if len(self.buf) >= FLUSH_BYTES or \
+                time.monotonic() - self.last_flush > FLUSH_SECONDS:
             self.flush()
 
     def flush(self, final: bool = False) -> None:
-        if self.stopped or (not self.buf and not final):
+        if self.stopped:
+            self.buf.clear()            # hot paths append to it directly
             return
-        data = self.z.compress(bytes(self.buf))
+        if not self.buf and not final:
+            return
+        data = self.z.compress(self.buf)
         data += self.z.flush(zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH)
         self.buf.clear()
         self.last_flush = time.monotonic()

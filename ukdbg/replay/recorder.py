@@ -14,6 +14,7 @@ hooks the machine at its existing points:
 The file is opened here, before the guest runs; nothing else is opened later.
 """
 
+import _signal
 import hashlib
 import json
 import os
@@ -22,15 +23,19 @@ import zlib
 
 from ..errors import GuestMemoryError, UkdbgError
 from ..tender import abi, endings
+from ..target import Killed as _Killed
 from ..tender.machine import HANDLED
 from . import format as F
 from . import traps
 
 OWNER = "record"
+SIGPROF = 27
+DEFER_CPU = 0.1         # seconds of CPU an asynchronous end may wait for an exit
 # argument struct size per hypercall (hvt-abi.md §9)
 HC_SIZES = {abi.HC_WALLTIME: 8, abi.HC_PUTS: 16, abi.HC_POLL: 24, abi.HC_BLOCK_WRITE: 40,
             abi.HC_BLOCK_READ: 40, abi.HC_NET_WRITE: 32, abi.HC_NET_READ: 32}
 _U64 = abi.HC_WALLTIME_ST
+_REC_HC = __import__("struct").Struct("<BI" + F.HC_HEAD.format[1:])   # REC + HC_HEAD
 
 
 def _warn(msg):
@@ -55,6 +60,8 @@ class Recorder:
         self.hc_stop = None           # a Stop a hypercall handler returned (recorded)
         self.sites = {s.gva: s for s in traps.scan_image(m.image)}
         self.ended = False
+        self.deferred = None          # an asynchronous end held for the next exit
+        self._deferring = True
 
     # --- boot state ---------------------------------------------------------------------
     def boot(self, m) -> None:
@@ -85,63 +92,73 @@ class Recorder:
         w.add(F.R_META, json.dumps(meta, sort_keys=True).encode())
         w.add(F.R_IMAGE, image)
         w.add(F.R_CPUID, bytes(m.kvm.supported_cpuid()))
-        w.flush()
+        limit, w.limit = w.limit, None
+        w.flush()                   # the boot state is never cut
+        w.limit = limit
+        if limit is not None and w.written + 64 > limit:
+            raise UkdbgError(f"--record-limit {limit}: the recording's boot state alone "
+                             f"takes {w.written} bytes", "give a larger limit")
 
     # --- hypercalls ---------------------------------------------------------------------
     def wrap(self, nr, fn):
+        """The recording handler around table entry fn. Hot path: one bounds check,
+        slices of the mapping, one struct pack, appends to the writer's buffer."""
         size = HC_SIZES[nr]
         mem = self.m.mem
-        read = mem.read
-        add = self.w.add
-        head = F.HC_HEAD.pack
-        R_HC = F.R_HC
+        mm = mem._map
+        memsize = mem.size
+        w = self.w
+        buf = w.buf
+        pack = _REC_HC.pack
         rec = self
         crc = zlib.crc32
+        body = F.HC_HEAD.size + 2 * size        # a record's length without data
+        r_hc = F.R_HC
+        flush_bytes = F.FLUSH_BYTES
+        count = [0]
 
-        if nr == abi.HC_WALLTIME:
-            def walltime(m, gpa):
-                try:
-                    before = read(gpa, 8)
-                except GuestMemoryError:
-                    return rec.raised(nr, gpa, b"", fn, m)
-                try:
-                    fn(m, gpa)
-                except GuestMemoryError as e:
-                    rec.record_raised(nr, gpa, before, e)
-                    raise
-                add(R_HC, head(nr, 0, gpa, 8, 8, 0, 0) + before + read(gpa, 8))
-            return walltime
+        def tick():                             # old events reach the file, too
+            count[0] += 1
+            if not count[0] & 63:
+                w.maybe_flush()
 
-        if nr == abi.HC_POLL:
-            def poll(m, gpa):
-                try:
-                    before = read(gpa, 24)
-                except GuestMemoryError:
+        if nr == abi.HC_WALLTIME or nr == abi.HC_POLL:
+            def simple(m, gpa):
+                if rec.deferred is not None:
+                    return rec.deliver()
+                if gpa + size > memsize:
                     return rec.raised(nr, gpa, b"", fn, m)
+                before = mm[gpa:gpa + size]
                 try:
                     stop = fn(m, gpa)
                 except GuestMemoryError as e:
                     rec.record_raised(nr, gpa, before, e)
                     raise
-                after = read(gpa, 24)
                 if stop is None:
-                    add(R_HC, head(nr, 0, gpa, 24, 24, 0, 0) + before + after)
+                    buf.extend(pack(r_hc, body, nr, 0, gpa, size, size, 0, 0))
+                    buf.extend(before)
+                    buf.extend(mm[gpa:gpa + size])
+                    if len(buf) >= flush_bytes:
+                        w.flush()
+                    else:
+                        tick()
                 else:
-                    rec.record_stop(nr, gpa, before, after, stop)
+                    rec.record_stop(nr, gpa, before, mm[gpa:gpa + size], stop)
                 return stop
-            return poll
+            return simple
 
         def hypercall(m, gpa):
-            try:
-                before = read(gpa, size)
-            except GuestMemoryError:
+            if rec.deferred is not None:
+                return rec.deliver()
+            if gpa + size > memsize:
                 return rec.raised(nr, gpa, b"", fn, m)
+            before = mm[gpa:gpa + size]
             try:
                 stop = fn(m, gpa)
             except GuestMemoryError as e:
                 rec.record_raised(nr, gpa, before, e)
                 raise
-            after = read(gpa, size)
+            after = mm[gpa:gpa + size]
             data = b""
             check = 0
             try:
@@ -155,12 +172,20 @@ class Recorder:
                 else:                           # NET_READ, BLOCK_READ
                     ptr, n, ret = _io_fields(nr, after)
                     if ret == abi.SOLO5_R_OK:
-                        data = read(ptr, n)
+                        data = mem.read(ptr, n)
             except GuestMemoryError:
                 pass
             if stop is None:
-                add(R_HC, head(nr, 0, gpa, size, size, len(data), check)
-                    + before + after + data)
+                buf.extend(pack(r_hc, body + len(data), nr, 0, gpa, size, size,
+                                len(data), check))
+                buf.extend(before)
+                buf.extend(after)
+                if data:
+                    buf.extend(data)
+                if len(buf) >= flush_bytes:
+                    w.flush()
+                else:
+                    tick()
             else:
                 rec.record_stop(nr, gpa, before, after, stop, data, check)
             return stop
@@ -196,17 +221,47 @@ class Recorder:
         site = self.sites.get(gva)
         if site is None:
             return None
-        self.emulate(m, gva)
-        return HANDLED
+        stop = self.emulate(m, gva)
+        return HANDLED if stop is None else stop
 
-    def emulate(self, m, gva):
+    def emulate(self, m, gva, k=None):
+        if self.deferred is not None:
+            return self.deliver()
         site = self.sites[gva]
-        k = m.vcpu.get_regs()
+        if k is None:
+            k = m.vcpu.get_regs()
         value, aux = traps.live_values(m, site)
         traps.apply(k, site, value, aux)
         m.vcpu.set_regs(k)
         self.w.add(F.R_TRAP, F.TRAP_ST.pack(site.kind, gva, value, aux))
         return None
+
+    # --- asynchronous ends at an exit -------------------------------------------------------
+    # A signal (SIGTERM, SIGQUIT, --timeout, `ukdbg stop`) that interrupts the running
+    # guest would end it between two arbitrary instructions, a position a replay can
+    # only reach by breakpoint and register comparison. Recording, the end is held
+    # until the guest's next hypercall or trapped instruction (a position the replay
+    # reaches exactly), at most DEFER_CPU seconds of CPU: then ITIMER_PROF's SIGPROF
+    # ends it where it is.
+    def service(self, signals=None):
+        stop = self._service(signals)
+        # signals None: the loop's KVM_RUN was interrupted (not a wait inside POLL,
+        # whose stop is recorded with that POLL)
+        if signals is None and self._deferring and self.deferred is None \
+                and isinstance(stop, _Killed) and not self.ended:
+            self.deferred = stop
+            _signal.setitimer(_signal.ITIMER_PROF, DEFER_CPU)
+            return None
+        return stop
+
+    def on_prof(self, m, signo):
+        self._deferring = False       # the end comes now, where the guest is
+        return self.deliver()
+
+    def deliver(self):
+        stop, self.deferred = self.deferred, None
+        _signal.setitimer(_signal.ITIMER_PROF, 0)
+        return stop
 
     # --- the outside world ------------------------------------------------------------------
     def ext(self, kind, pos_regs, data=b""):
@@ -222,6 +277,8 @@ class Recorder:
             self.ext(F.X_REGS, data, k.pack() + s.pack())
         elif kind == "fpu":
             self.ext(F.X_FPU, m.vcpu.get_regs(), fpu_image(m))
+        elif kind in ("pause", "resume"):
+            self.ext(F.X_PAUSE if kind == "pause" else F.X_RESUME, m.vcpu.get_regs())
 
     def on_end(self, m, stop):
         if self.ended:
@@ -283,6 +340,10 @@ def setup(m, opts) -> None:
         planted = dc.add_sw_many(list(r.sites), OWNER)
         if len(planted) != len(r.sites):
             raise UkdbgError("--record: could not plant a trap on every RDTSC/RDRAND")
+        m.vmexit_hooks.insert(0, traps.fast_hook(m, r.sites, OWNER, r.emulate))
+    m.events.watch_signal(SIGPROF, r.on_prof)
+    r._service = m.events.service
+    m.events.service = r.service
     m.write_observers.append(r.on_write)
     m.ending_hooks.insert(0, r.on_end)
     m.events.idle_hooks.append(r.w.flush)

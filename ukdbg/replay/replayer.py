@@ -43,6 +43,7 @@ HC_SIZES = {abi.HC_WALLTIME: 8, abi.HC_PUTS: 16, abi.HC_POLL: 24, abi.HC_BLOCK_W
             abi.HC_BLOCK_READ: 40, abi.HC_NET_WRITE: 32, abi.HC_NET_READ: 32}
 _U64 = abi.HC_WALLTIME_ST
 _RF_TF = (1 << 16) | (1 << 8)        # flags a debugger's stepping may leave differently
+_MALFORMED = (F.struct.error, ValueError, KeyError, TypeError, IndexError)
 
 
 class Diverged(Crashed):
@@ -144,6 +145,9 @@ class Replayer:
             if len(planted) != len(self.sites):
                 raise UkdbgError("replay: could not plant a trap on every RDTSC/RDRAND")
         dc._install_hook()
+        if self.sites:
+            m.vmexit_hooks.insert(0, traps.fast_hook(
+                m, self.sites, OWNER, self._fast_emulate, lambda gva: gva == self.pos_gva))
         m.vmexit_hooks.insert(0, self._step_hook)
         m.write_observers.append(self._user_write)
 
@@ -214,7 +218,7 @@ class Replayer:
                 return None
             kind, *words = F.EXT_HEAD.unpack_from(p)
             if check_now and self._at(words):
-                r = self._apply_ext(kind, p[F.EXT_HEAD.size:])
+                r = self._apply_ext(kind, p[F.EXT_HEAD.size:], words[16])
                 if r is not None:
                     return r
                 continue
@@ -227,10 +231,11 @@ class Replayer:
         now[17] &= ~_RF_TF
         return now[:17] == list(words[:17]) and now[17] == words[17] & ~_RF_TF
 
-    def _apply_ext(self, kind, data):
+    def _apply_ext(self, kind, data, rip):
         m = self.m
         c = self.cursor
-        self._trace_line(f"event {c.index}: {describe_event(F.R_EXT, bytes([kind]) + bytes(F.EXT_HEAD.size - 1) + data)}")
+        self._trace_line(f"event {c.index}: {F.EXT_NAMES.get(kind, kind)} at "
+                         f"rip={rip:#x}")
         c.index += 1
         try:
             if kind == F.X_MEMWRITE:
@@ -303,10 +308,25 @@ class Replayer:
                 return self._replay_hc(m, nr, size, mem, gpa)
             except _Stop as s:
                 return s.stop
+            except _MALFORMED as e:
+                return self.malformed(e)
         return replayed
+
+    def malformed(self, e):
+        """A record that passed the CRCs but does not decode (a re-encoded file)."""
+        i = self.cursor.index
+        return Diverged(i, f"replay: event {i} of the recording is malformed "
+                           f"({type(e).__name__}: {e})", self._rip())
 
     def _replay_hc(self, m, nr, size, mem, gpa):
         happened = f"hypercall {_hc_name(nr)}(gpa={gpa:#x})"
+        if self.pos_gva is not None:
+            # an external event recorded at this very exit (an end held for it)
+            r = self._check_position()
+            if r is HANDLED:
+                r = None
+            if r is not None:
+                return r
         p = self._expect(F.R_HC, happened)
         try:
             rnr, flags, rgpa, before, after, data, check, tail = F.decode_hc(p)
@@ -360,15 +380,21 @@ class Replayer:
         if kind != "sw":
             return None
         try:
+            return self._on_hit(m, gva)
+        except _MALFORMED as e:
+            return self.malformed(e)
+
+    def _on_hit(self, m, gva):
+        try:
             if gva == self.pos_gva:
                 r = self._check_position()
                 if r is not None:
-                    return r
+                    return r            # HANDLED (applied here) or a Stop
             if gva in self.sites:
                 r = self._emulate(m, gva)
                 return HANDLED if r is None else r
-            if gva == self.pos_gva or gva in getattr(self, "_stale", ()):
-                self._step_over(gva)
+            if gva == self.pos_gva:
+                self._step_over(gva)    # not there yet: run the instruction, go on
                 return HANDLED
         except _Stop as s:
             return s.stop
@@ -383,15 +409,10 @@ class Replayer:
         words = F.EXT_HEAD.unpack_from(p)[1:]
         if not self._at(words):
             return None
-        gva = self.pos_gva
         r = self._after_event()
-        if r is not None:
-            return r
-        if self.pos_gva != gva and gva not in self.sites:
-            # The breakpoint went away with the event; the vCPU still sits on it (PVM
-            # reports the int3 before it runs): it now runs the original instruction.
-            pass
-        return None
+        # Applied. If the breakpoint went away with the event, the vCPU (stopped on
+        # the int3, before it) now runs the original instruction.
+        return HANDLED if r is None else r
 
     def _step_over(self, gva) -> None:
         dc = self.m.debug
@@ -402,7 +423,10 @@ class Replayer:
         dc.set_single_step(True)
 
     def _step_hook(self, m, ex):
-        if not self.stepping_over or ex.reason != 4:      # KVM_EXIT_DEBUG
+        """The end of a step over the position breakpoint: put it back. Any other
+        exit first (a Ctrl-C, a signal) ends the step-over too: if the instruction
+        did not run, the breakpoint is hit again and the step retried."""
+        if not self.stepping_over:
             return None
         self.stepping_over = False
         dc = m.debug
@@ -411,22 +435,34 @@ class Replayer:
         if dbg is not None and dbg.stepping:
             return None                    # gdb asked for this step: it is its stop
         dc.set_single_step(False)
-        return HANDLED
+        return HANDLED if ex.reason == 4 else None      # KVM_EXIT_DEBUG: ours
 
     def emulate(self, m, gva):
         """DebugControl emulator (a debugger stepping over one of our breakpoints)."""
         try:
             if gva == self.pos_gva:
                 r = self._check_position()
-                if r is not None:
+                if r is not None and r is not HANDLED:
                     return r
+                if r is HANDLED and m.vcpu.get_regs().rip != gva:
+                    return None         # the event moved the vCPU: nothing to step
             if gva in self.sites:
                 return self._emulate(m, gva)
         except _Stop as s:
             return s.stop
+        except _MALFORMED as e:
+            return self.malformed(e)
         return NotImplemented
 
-    def _emulate(self, m, gva):
+    def _fast_emulate(self, m, gva, k):
+        try:
+            return self._emulate(m, gva, k)
+        except _Stop as s:
+            return s.stop
+        except _MALFORMED as e:
+            return self.malformed(e)
+
+    def _emulate(self, m, gva, k=None):
         site = self.sites[gva]
         name = F.TRAP_NAMES[site.kind]
         happened = f"{name} at {m.describe(gva)}"
@@ -434,7 +470,8 @@ class Replayer:
         kind, rip, value, aux = F.TRAP_ST.unpack(p)
         if kind != site.kind or rip != gva:
             raise self.diverge(happened)
-        k = m.vcpu.get_regs()
+        if k is None:
+            k = m.vcpu.get_regs()
         traps.apply(k, site, value, aux)
         m.vcpu.set_regs(k)
         self._trace_line(f"event {self.cursor.index}: {name} at {gva:#x} = {value:#x}")
@@ -443,7 +480,7 @@ class Replayer:
 
     # --- the user's own writes ---------------------------------------------------------------
     def _user_write(self, m, kind, data):
-        if self.user_wrote is None:
+        if kind in ("mem", "regs", "fpu") and self.user_wrote is None:
             self.user_wrote = self.cursor.index
             sys.stderr.write(f"ukdbg: replay: the debugger wrote guest {kind} at event "
                              f"{self.cursor.index}: the replay goes on, and diverges if "
@@ -468,7 +505,11 @@ class Replayer:
             sys.stderr.write(f"ukdbg: {self.end.message}\n")
             return
         from ..tender.endings import exit_code
-        want = json.loads(p)
+        try:
+            want = json.loads(p)
+            want.get("exit")
+        except (ValueError, AttributeError):
+            want = {"exit": "(malformed)"}
         if exit_code(stop) != want.get("exit"):
             self.end = Diverged(self.cursor.index, f"replay diverged at the end: the "
                                 f"recording exited {want.get('exit')}, the replay "
@@ -610,7 +651,7 @@ def _image_path(rec, opts, tmp):
 
 
 def prepare(argv):
-    """(machine, replayer, temporary directory) ready to run."""
+    """(machine, replayer, temporary directory, recording) ready to run."""
     import tempfile
     from ..tender import loader
     from ..tender.machine import build_machine
@@ -652,7 +693,11 @@ def prepare(argv):
         if opts.trace is not None:
             trace_fd = 2 if opts.trace in ("-", "") else os.open(
                 opts.trace, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        r = Replayer(m, rec, trace_fd)
+        try:
+            r = Replayer(m, rec, trace_fd)
+        except _MALFORMED:
+            raise F.RecordingError(f"{rec.path}: the recording's trap sites are "
+                                   "malformed") from None
         m.replayer = r
         r.install()
         m.ending_hooks.insert(0, r.on_end)

@@ -19,7 +19,6 @@ itself and answers from the table the recording carries.
 """
 
 import os
-import struct
 
 from ..elf import PF_X, PT_LOAD
 from .format import T_RDRAND, T_RDSEED, T_RDTSC, T_RDTSCP, TRAP_NAMES
@@ -146,7 +145,36 @@ def apply(k, site, value: int, aux: int) -> None:
             new = value & ((1 << 64) - 1)
         setattr(k, site.reg, new)
         k.rflags = (k.rflags & ~_FLAGS_CLEARED) | (1 if aux else 0)
-    k.rip = (k.rip + site.length) & ((1 << 64) - 1)
+    k.rip = (site.gva + site.length) & ((1 << 64) - 1)
 
 
-SITE_ST = struct.Struct("<QBB")
+def fast_hook(m, sites, owner, emulate, skip=lambda gva: False):
+    """A vmexit hook for the hot path: a hit on one of `sites` is recognised with one
+    KVM_GET_REGS (DebugControl's general path translates the address twice) and handed
+    to emulate(m, gva, kregs) -> Stop | None. A site that another owner (gdb) also has
+    a breakpoint on, or that skip(gva) claims, goes the general way."""
+    from ..tender.machine import HANDLED
+    vcpu = m.vcpu
+    sw = m.debug.sw
+
+    def hook(m, ex):
+        reason = ex.reason
+        if reason == 17:                    # emulation failure at an int3 (PVM)
+            if ex.suberror != 1:
+                return None
+            k = vcpu.get_regs()
+            gva = k.rip
+        elif reason == 4 and ex.exception == 3:     # KVM_EXIT_DEBUG, #BP (VMX/SVM)
+            k = vcpu.get_regs()
+            gva = ex.pc
+        else:
+            return None
+        if gva not in sites:
+            return None
+        bp = sw.get(gva)                    # hvt maps 1:1; anything else: general path
+        if bp is None or bp.gva != gva or bp.lifted or len(bp.owners) != 1 \
+                or owner not in bp.owners or skip(gva):
+            return None
+        r = emulate(m, gva, k)
+        return HANDLED if r is None else r
+    return hook

@@ -52,6 +52,7 @@ class Events:
         self.armed = False
         self.blocked = BLOCKED
         self._wake_r = self._wake_w = -1
+        self._early_mask = None
 
     def watch_signal(self, signo: int, handler) -> None:
         """Route signo to handler(m, signo) -> Stop | None. Before arm() for signals
@@ -71,6 +72,8 @@ class Events:
                 self._saved_handlers[s] = prev
                 _signal.signal(s, _noop)
         old = _signal.pthread_sigmask(_signal.SIG_BLOCK, self.blocked)
+        if self._early_mask is not None:
+            old = self._early_mask
         self._saved_mask = old
         self.m.vcpu.set_signal_mask(_bits(old) & ~_bits(self.blocked))
         self.tid = _thread.get_native_id()
@@ -90,6 +93,9 @@ class Events:
     # --- async sockets ---------------------------------------------------------------------
     def add_source(self, fd: int, callback) -> None:
         """Have callback(m) run when fd is readable, even while the guest runs."""
+        if not self.armed and self._early_mask is None:
+            # Before arm(), a SIGIO (a gdb connecting during set-up) would kill us.
+            self._early_mask = _signal.pthread_sigmask(_signal.SIG_BLOCK, (SIGIO,))
         fcntl.fcntl(fd, F_SETOWN_EX, struct.pack("ii", F_OWNER_TID,
                                                  self.tid or _thread.get_native_id()))
         fcntl.fcntl(fd, F_SETSIG, SIGIO)

@@ -8,7 +8,8 @@ Machine at a few points, like Solo5's hvt_core (one file per feature):
   hypercall_observers fn(m)           called before a hypercall while non-empty
   halt_hooks     fn(m, status, cookie_gpa)
   ending_hooks   fn(m, stop)          the guest is gone (or frozen for good): cores, reports
-  write_observers fn(m, kind, data)   a debugger is about to write memory/registers/FPU
+  write_observers fn(m, kind, data)   a debugger writes memory ("mem", before), registers
+                 ("regs", after), FPU ("fpu", after); the control socket "pause"/"resume"
   async sources  fn(m) per fd         see events.py
 """
 
@@ -49,7 +50,7 @@ class Machine:
         self.hypercall_observers = []
         self.halt_hooks = []
         self.ending_hooks = []
-        self.write_observers = []  # fn(m, kind, data) before a debugger writes the guest
+        self.write_observers = []  # fn(m, kind, data): a debugger or `pause` acts on the guest
         self.stats = Stats()
         self.console = Console()
         self.events = Events(self)

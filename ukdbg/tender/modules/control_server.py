@@ -304,6 +304,8 @@ class Control:
         self.paused = True
         t0 = time.monotonic()
         _log(m, "pause", source="control")
+        for obs in m.write_observers:       # --record notes where (docs/replay.md)
+            obs(m, "pause", None)
         stop = None
         try:
             while self.paused:
@@ -321,6 +323,8 @@ class Control:
             self.paused_total += time.monotonic() - t0
         if stop is None:
             _log(m, "resume", source="control", paused=round(time.monotonic() - t0, 6))
+            for obs in m.write_observers:
+                obs(m, "resume", None)
         return stop
 
     # --- the end ------------------------------------------------------------------------------------
