@@ -111,3 +111,14 @@ def test_monitor_when_goto_checkpoints(fixtures_dir):
         assert re.search(r"\d+ checkpoint\(s\), [\d.]+ MiB of 256 MiB", out), out
         assert "no position '99'" in out, out
         assert "_start in section .text" in out, out
+
+
+def test_a_write_starts_the_history_again(fixtures_dir):
+    with rev_guest() as g:
+        out = g.gdb("break round_", "continue", "continue", "set var total = 100",
+                    "continue", "print total", "reverse-continue", "print total",
+                    "reverse-continue", "print total", "print i")
+        # round 1 adds 13 to the written 100; going back stops at the write (round
+        # 1's breakpoint), the new start: the breakpoint there is not before it.
+        assert re.findall(r"\$\d+ = (\d+)", out) == ["113", "100", "100", "1"], out
+        assert out.count("No more reverse-execution history.") == 2, out

@@ -42,8 +42,9 @@ class LiveTarget(MachineView):
         return rv.bind(self) if rv is not None and self.m.caps.get("guest_debug") else None
 
     def writable(self):
-        # A write would make the history diverge from its re-runs.
-        return None if self._reverse() else self.debugger()
+        # A write makes reverse execution start its history again there.
+        rv = self._reverse()
+        return rv.writer() if rv is not None else self.debugger()
 
     def resumable(self):
         return self._reverse() or (self.debugger() if self.m.caps.get("guest_debug")

@@ -271,6 +271,12 @@ class Store:
         self.restore_vcpu(c.vcpu)
         self.base = c
 
+    def reset(self) -> None:
+        """Forget every checkpoint (the next take() is a new root)."""
+        self.root = self.base = None
+        self.all = []
+        self.nbytes = 0
+
     # --- bounding the memory ---------------------------------------------------------------
     def drop(self, c, keep) -> None:
         """Remove checkpoint c: its children take its delta and its legs; `keep` are

@@ -73,6 +73,25 @@ class HistoryError(UkdbgError):
     pass
 
 
+class _Writer:
+    """Engine.writer(): the debugger's writes, then a new start of history."""
+
+    def __init__(self, eng):
+        self.eng = eng
+
+    def write_registers(self, regs):
+        self.eng.dbg.write_registers(regs)
+        self.eng.history_cut()
+
+    def write_fpu(self, fpu):
+        self.eng.dbg.write_fpu(fpu)
+        self.eng.history_cut()
+
+    def write_memory(self, addr, data):
+        self.eng.dbg.write_memory(addr, data)
+        self.eng.history_cut()
+
+
 def _terminal(stop):
     if isinstance(stop, (Exited, Killed)):
         return True
@@ -213,6 +232,20 @@ class Engine:
 
     def interrupt(self):
         self.dbg.interrupt()
+
+    # --- writes: the history starts again -------------------------------------------------
+    def writer(self):
+        """The writable capability: gdb's writes go through, and since re-runs from
+        before them would not see them, the history restarts at the write."""
+        return _Writer(self)
+
+    def history_cut(self):
+        self.store.reset()
+        self.marks.clear()
+        self.anchor = self.store.take((), self._extra(), self.events, 0.0)
+        self.anchor.label = "write"
+        self.legs, self.cost, self.at_anchor = (), 0.0, True
+        self.frontier_t = 0.0
 
     def kill(self):
         return self.dbg.kill()
@@ -442,7 +475,8 @@ class Engine:
         return self._after_forward(stop)
 
     def _after_forward(self, stop):
-        if _terminal(stop) and self.replayer is not None:
+        if _terminal(stop) and self.replayer is not None and \
+                getattr(stop, "cause", None) != "divergence":
             # The end of the recording: forward execution stops there, and the
             # session goes on (reverse commands still work).
             self._apply(self.user)
