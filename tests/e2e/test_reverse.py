@@ -122,3 +122,21 @@ def test_a_write_starts_the_history_again(fixtures_dir):
         # 1's breakpoint), the new start: the breakpoint there is not before it.
         assert re.findall(r"\$\d+ = (\d+)", out) == ["113", "100", "100", "1"], out
         assert out.count("No more reverse-execution history.") == 2, out
+
+
+def test_ctrl_c_then_back_and_forth(fixtures_dir):
+    """Ctrl-C in a long burn(): the stop gets a position, reverse-stepi and stepi
+    go back and forth from it."""
+    import signal
+    import time
+    with Guest("rev", "3 100000000", extra=("--reverse",)) as g:
+        p = g.gdb_background("break finish", "continue", "print $pc", "reverse-stepi",
+                             "print $pc", "stepi", "print $pc", "info symbol $pc", "kill")
+        g.wait_for_text("round 2", g.stdout)
+        time.sleep(0.5)
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=120)
+        assert "Program received signal SIGINT, Interrupt." in out, out
+        pcs = re.findall(r"\$\d+ = \(void \(\*\)\(\)\) (0x[0-9a-f]+)", out)
+        assert len(pcs) == 3 and pcs[0] == pcs[2] and pcs[1] != pcs[0], out
+        assert "burn + " in out, out
