@@ -66,12 +66,13 @@ def _walk(eng, m, rnd, bps, forward=150, ops_n=220):
     return compared, mismatches
 
 
-@pytest.mark.parametrize("limit_kib", [256 << 10, 160], ids=["256MiB", "160KiB-thinned"])
+@pytest.mark.parametrize("limit_kib", [256 << 10, 16], ids=["256MiB", "root+16KiB-thinned"])
 def test_states_equal_both_ways(app, limit_kib):
-    """A 160 KiB bound makes the store thin checkpoints all along."""
+    """A bound of the root checkpoint plus 16 KiB makes the store thin checkpoints
+    all along (checkpoints follow re-run costs, so how many depends on the host)."""
     rnd = random.Random(SEED)
     m, t, eng = machine(app("rev"), 200)
-    eng.store.limit = limit_kib << 10
+    eng.store.limit = (limit_kib << 10) + (eng.store.root.nbytes() if limit_kib == 16 else 0)
     try:
         bps = {symbol(m, "work"), symbol(m, "round_"), symbol(m, "rt_puts")}
         compared, mismatches = _walk(eng, m, rnd, bps)
@@ -79,7 +80,7 @@ def test_states_equal_both_ways(app, limit_kib):
               f"{mismatches} mismatches, {len(eng.store.all)} checkpoints, "
               f"{eng.store.thinned} thinned")
         assert compared >= 200 and mismatches == 0
-        assert limit_kib > 160 or eng.store.thinned > 0
+        assert limit_kib > 16 or eng.store.thinned > 0
     finally:
         m.close()
 
