@@ -283,7 +283,7 @@ def test_another_image_is_refused_with_a_hash_mismatch(app, tmp_path):
 
 
 def test_a_changed_input_is_a_divergence_with_index_and_backtrace(app, tmp_path):
-    """A recorded PUTS whose CRC no longer matches what the guest prints: exit 125,
+    """A recorded PUTS whose checksum no longer matches what the guest prints: exit 125,
     the event index, recorded vs happened, rip and a backtrace."""
     from ukdbg.replay import format as F
     tmp = str(tmp_path)
@@ -300,7 +300,7 @@ def test_a_changed_input_is_a_divergence_with_index_and_backtrace(app, tmp_path)
     _rewrite(rec, os.path.join(tmp, "div.rec"), change)
     p = replay(tmp, os.path.join(tmp, "div.rec"), "--no-core")
     assert p.returncode == 125, p.stderr
-    m = re.search(r"replay diverged at event (\d+): recorded puts of \d+ bytes with crc32 "
+    m = re.search(r"replay diverged at event (\d+): recorded puts of \d+ bytes with adler32 "
                   r"0x[0-9a-f]+, but the guest did puts of other bytes", p.stderr)
     assert m, p.stderr
     assert "rt_puts" in p.stderr or "rt_printf" in p.stderr     # the backtrace
@@ -457,3 +457,102 @@ def test_a_gdb_write_during_replay_is_a_divergence_the_user_chose(app, tmp_path)
                      r"\d+\): recorded .*, but the guest did .*; rip=0x", err), err
     assert "Program received signal SIGTRAP" in text, text
     assert re.search(r"#\d+ .* in main", text), text
+
+
+@pytest.mark.gdb
+def test_gdb_stepping_over_a_trapped_rdtsc_records_and_replays_it(app, tmp_path):
+    """A gdb breakpoint on the RDTSC itself, then stepi: the step is the recorder's
+    emulation (recorded), and in the replay the same step feeds the recorded value."""
+    tmp = str(tmp_path)
+    rec = os.path.join(tmp, "s.rec")
+    cmds = ["break *rdtsc+8", "continue", "x/i $pc", "stepi", "x/i $pc",
+            "print/x $rax", "delete", "continue"]
+
+    def session(argv):
+        with Background(argv) as g:
+            addr = g.wait_for(lambda: (re.search(r"listening on (\S+?),", g.stderr()) or
+                                       [None, None])[1], "the stub")
+            argv_gdb = ["gdb", "-q", "-nx", "-batch", "-ex", "set confirm off",
+                        "-ex", f"target remote {addr}"]
+            for c in cmds:
+                argv_gdb += ["-ex", c]
+            out = subprocess.run(argv_gdb + [app("nondet")], capture_output=True,
+                                 text=True, timeout=180)
+            rc = g.wait(60)
+            return rc, g.stdout(), out.stdout + out.stderr
+    rc, live, text = session(["run", "--mem=8", "--no-control", "--no-core", "--record",
+                              rec, "--gdb", "127.0.0.1:0", "--gdb-wait", app("nondet")])
+    assert rc == 255, text
+    assert re.search(r"=> 0x[0-9a-f]+ <rdtsc\+8>:\s+rdtsc", text), text
+    assert re.search(r"=> 0x[0-9a-f]+ <rdtsc\+10>:", text), text
+    rax_live = re.search(r"\$1 = (0x[0-9a-f]+)", text).group(1)
+    rc, replayed, text = session(["replay", "--no-core", "--gdb", "127.0.0.1:0",
+                                  "--gdb-wait", rec])
+    assert rc == 255, text
+    assert replayed == live
+    assert re.search(r"\$1 = (0x[0-9a-f]+)", text).group(1) == rax_live
+    p = replay(tmp, rec, "--no-core")
+    assert p.returncode == 255 and p.stdout == live
+
+
+@pytest.mark.gdb
+def test_timeout_is_replayed_with_the_same_core(app, tmp_path):
+    tmp = str(tmp_path)
+    disk = os.path.join(tmp, "disk.img")
+    with open(disk, "wb") as f:
+        f.write(bytes(8192))
+    r, rec = record(tmp, app("rrbench"), "spin", "100000000",
+                    extra=("--timeout", "0.5", f"--block:storage={disk}"))
+    assert r.returncode == 124, r.stderr
+    os.unlink(disk)
+    p = replay(tmp, rec)
+    assert p.returncode == 124, p.stderr
+    assert "--timeout expired" in p.stderr
+    a, bt_a = gdb_on_core(app("rrbench"), core_in(os.path.join(tmp, "rec")))
+    b, bt_b = gdb_on_core(app("rrbench"), core_in(os.path.join(tmp, "rep")))
+    assert a and a == b and bt_a == bt_b and "main" in bt_a
+
+
+def test_a_plain_run_does_not_load_the_recorder(app, tmp_path):
+    code = ("import os, sys\n"
+            "fd = os.dup(1); os.dup2(os.open(os.devnull, os.O_WRONLY), 1)\n"
+            "from ukdbg.run import run_main\n"
+            "run_main(sys.argv[1:])\n"
+            "os.dup2(fd, 1)\n"
+            "print(' '.join(m for m in sys.modules if m.startswith('ukdbg.replay')))\n")
+    plain = subprocess.run([sys.executable, "-c", code, "--no-control", app("hello")],
+                           capture_output=True, text=True, cwd=ROOT, check=True)
+    assert plain.stdout.strip() == ""
+    rec = subprocess.run([sys.executable, "-c", code, "--no-control", "--record",
+                          str(tmp_path / "h.rec"), app("hello")],
+                         capture_output=True, text=True, cwd=ROOT, check=True)
+    assert "ukdbg.replay.recorder" in rec.stdout.split()
+
+
+def test_cpuid_is_answered_from_the_recorded_table(app, tmp_path):
+    """CPUID exits to KVM, not to ukdbg; the replay hands KVM the recorded table. A
+    recording whose table says another vendor makes the replayed guest print that
+    vendor, which the recording's checksum of that line catches."""
+    import struct as S
+    from ukdbg.replay import format as F
+    tmp = str(tmp_path)
+    r, rec = record(tmp, app("nondet"), extra=("--no-core",))
+    vendor = re.search(r"cpu=(\w+)", r.stdout).group(1)
+    other = "GenuineIntel" if vendor != "GenuineIntel" else "AuthenticAMD"
+
+    def change(t, b):
+        if t != F.R_CPUID:
+            return b
+        b = bytearray(b)
+        nent = S.unpack_from("<I", b, 0)[0]
+        for i in range(nent):
+            off = 8 + 40 * i
+            if S.unpack_from("<I", b, off)[0] == 0:        # leaf 0: the vendor
+                v = other.encode()
+                S.pack_into("<4s4s4s", b, off + 16, v[0:4], v[8:12], v[4:8])  # ebx ecx edx
+        return bytes(b)
+    _rewrite(rec, os.path.join(tmp, "cpuid.rec"), change)
+    p = replay(tmp, os.path.join(tmp, "cpuid.rec"), "--no-core")
+    assert p.returncode == 125, p.stderr
+    assert f"cpu={other}" in p.stderr        # the guest's line, in the divergence report
+    assert "replay diverged at event" in p.stderr

@@ -162,3 +162,12 @@ def test_meta_from_a_reencoded_file_is_checked_as_it_is_used(tmp_path):
     from ukdbg.replay.replayer import describe_event
     assert describe_event(F.R_TRAP, b"\x01") == "a malformed record (type 11)"
     assert describe_event(F.R_END, b"{") == "a malformed record (type 13)"
+
+
+def test_scanner_sweeps_from_the_function_start_it_is_given():
+    # data in front of the function throws a sweep from the segment start out of step
+    # (48 b8 = mov rax, imm64 swallows the function); the function's start is known
+    code = bytes.fromhex("48b8" + "55" "4889e5" "0f31" "5d" "c3" + "90" * 8)
+    assert traps.scan_segment(code, 0x1000) == []
+    sites = traps.scan_segment(code, 0x1000, lambda addr: 0x1002)
+    assert [(s.gva, s.kind) for s in sites] == [(0x1006, F.T_RDTSC)]

@@ -33,7 +33,7 @@ R_META, R_IMAGE, R_CPUID = 1, 2, 3
 R_HC, R_TRAP, R_EXT, R_END = 10, 11, 12, 13
 EVENT_TYPES = (R_HC, R_TRAP, R_EXT, R_END)
 
-# HC: nr, flags, gpa, len(before), len(after), len(data), check (crc32 of guest output)
+# HC: nr, flags, gpa, len(before), len(after), len(data), check (adler32 of guest output)
 HC_HEAD = struct.Struct("<BBQHHII")
 HC_RAISED = 1          # the handler refused a guest pointer; tail = the message
 HC_STOP = 2            # the handler returned a Stop; tail = its JSON

@@ -4,7 +4,7 @@ Loaded by ukdbg/run.py only when --record is given; a plain run pays nothing. It
 hooks the machine at its existing points:
   hypercall table   each entry is wrapped: the argument struct before, the struct
                     after, what the monitor wrote into the guest (NET_READ/BLOCK_READ
-                    data) and a CRC of what the guest handed out (PUTS, *_WRITE)
+                    data) and an Adler-32 of what the guest handed out (PUTS, *_WRITE)
   DebugControl      an int3 on every RDTSC/RDTSCP/RDRAND/RDSEED (traps.py), emulated
                     here with the live value, which is recorded
   write_observers   a debugger's writes to memory, registers, FPU, at their position
@@ -111,7 +111,7 @@ class Recorder:
         buf = w.buf
         pack = _REC_HC.pack
         rec = self
-        crc = zlib.crc32
+        crc = zlib.adler32           # fast; a check, not a cryptographic hash
         body = F.HC_HEAD.size + 2 * size        # a record's length without data
         r_hc = F.R_HC
         flush_bytes = F.FLUSH_BYTES
@@ -284,6 +284,8 @@ class Recorder:
         if self.ended:
             return
         self.ended = True
+        if self.deferred is not None:   # the guest ended first (HALT): no SIGPROF later
+            self.deliver()
         from ..target import Killed
         if isinstance(stop, Killed) and stop is not self.hc_stop:
             try:

@@ -349,16 +349,16 @@ class Replayer:
             if nr == abi.HC_PUTS:
                 ptr, n = abi.HC_PUTS_ST.unpack(cur)
                 out = mem.slice(ptr, n)
-                if zlib.crc32(out) != check:
-                    raise self.diverge(f"puts of other bytes ({bytes(out[:40])!r})",
-                                       f"puts of {n} bytes with crc32 {check:#x}")
+                if zlib.adler32(out) != check:
+                    raise self.diverge(f"puts of other bytes ({bytes(out[:120])!r})",
+                                       f"puts of {n} bytes with adler32 {check:#x}")
                 self._console(out)
             elif check and nr in (abi.HC_NET_WRITE, abi.HC_BLOCK_WRITE):
                 from .recorder import _io_fields
                 ptr, n, _ret = _io_fields(nr, after)
-                if zlib.crc32(mem.slice(ptr, n)) != check:
+                if zlib.adler32(mem.slice(ptr, n)) != check:
                     raise self.diverge(f"{_hc_name(nr)} of other data",
-                                       f"{_hc_name(nr)} of {n} bytes with crc32 "
+                                       f"{_hc_name(nr)} of {n} bytes with adler32 "
                                        f"{check:#x}")
             if after:
                 mem.write(gpa, after)

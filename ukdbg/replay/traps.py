@@ -71,8 +71,11 @@ def _decode(code: bytes, off: int, size: int):
     return None
 
 
-def scan_segment(code: bytes, base: int) -> list:
-    """The Sites in one executable segment loaded at `base`."""
+def scan_segment(code: bytes, base: int, start_of=None) -> list:
+    """The Sites in one executable segment loaded at `base`. start_of(addr) gives a
+    known instruction boundary at or below addr (its function's start), so only the
+    functions with candidates are disassembled; without one, the sweep starts at the
+    segment's start."""
     cands = set()
     for pat in (b"\x0f\x31", b"\x0f\x01\xf9", b"\x0f\xc7"):
         i = code.find(pat)
@@ -83,36 +86,55 @@ def scan_segment(code: bytes, base: int) -> list:
         return []                           # the common case: no capstone at all
     import capstone
     md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-    md.skipdata = False
-    sites = []
-    hi = max(cands) + 16
-    pos, n = 0, len(code)
-    while pos < min(n, hi):
+    groups = {}                             # sweep start offset -> candidates
+    for c in sorted(cands):
+        s = start_of(base + c) if start_of else None
+        off = s - base if s is not None and 0 <= s - base <= c else 0
+        groups.setdefault(off, []).append(c)
+    sites = {}
+    for off, group in sorted(groups.items()):
+        _sweep(md, code, base, off, max(group) + 16, cands, sites)
+    return [sites[k] for k in sorted(sites)]
+
+
+def _sweep(md, code, base, pos, end, cands, sites) -> None:
+    """Linear disassembly of code[pos:end]; candidates that start an instruction of
+    ours (or sit inside an RDRAND/RDSEED's prefixes) become Sites."""
+    end = min(end, len(code))
+    while pos < end:
         last = None
-        for addr, size, mnem, _ops in md.disasm_lite(code[pos:], base + pos):
+        for addr, size, mnem, _ops in md.disasm_lite(code[pos:end + 16], base + pos):
             off = addr - base
             last = off + size
             if mnem in ("rdtsc", "rdtscp", "rdrand", "rdseed") and off in cands \
                     or mnem in ("rdrand", "rdseed") and any(off < c < last for c in cands):
                 d = _decode(code, off, size)
                 if d is not None:
-                    sites.append(Site(addr, d[0], size, d[1], d[2]))
-            if off > hi:
+                    sites[addr] = Site(addr, d[0], size, d[1], d[2])
+            if last >= end:
                 break
         # capstone stops at bytes it cannot decode: go on one byte further
         pos = pos + 1 if last is None else last
-    return sites
 
 
 def scan_image(image) -> list:
     """Sites in every executable PT_LOAD of the image, sorted by address."""
     elf = image.elf
     sites = []
+
+    def start_of(addr):
+        try:
+            hit = elf.symbolize(addr)
+        except Exception:               # a damaged symbol table: sweep from the start
+            return None
+        if hit is None or not hit[0].size or hit[0].type != 2:      # STT_FUNC
+            return None
+        return hit[0].value
     for seg in elf.segments:
         if seg.type != PT_LOAD or not seg.flags & PF_X or not seg.filesz:
             continue
         code = elf._slice(seg.offset, seg.filesz, "text")
-        sites.extend(scan_segment(bytes(code), seg.vaddr))
+        sites.extend(scan_segment(bytes(code), seg.vaddr, start_of))
     sites.sort(key=lambda s: s.gva)
     return sites
 
