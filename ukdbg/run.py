@@ -25,6 +25,8 @@ MODULES = (
     # issue 10: --record FILE (after the hypercall modules: it wraps their entries;
     # before the gdb listener opens: its set-up scans the image)
     ("replay.recorder", lambda o: bool(o.record)),
+    # issue 11: reverse execution (wraps the hypercalls; before the gdb stub)
+    ("reverse", lambda o: o.reverse),
     # issue 4: cores (its ending hook must run first: it sets m.core_path)
     ("tender.modules.dumpcore", lambda o: not o.no_core or bool(o.core_on)),
     # issue 5: the crash report (after dumpcore: it prints m.core_path)

@@ -360,3 +360,41 @@ def test_no_packet_sequence_breaks_a_session(bodies, splits):
     # Every reply is a well-formed packet.
     for k, _b in P.PacketReader().feed(bytes(ch.out)):
         assert k in (P.PACKET, P.ACK)
+
+
+class ReverseTarget(FakeTarget):
+    """A FakeTarget with reverse execution: bs/bc answer scripted stops."""
+
+    def __init__(self, back):
+        super().__init__()
+        self.back = list(back)
+        self.calls = []
+
+    def reversible(self):
+        return self
+
+    def reverse(self, step):
+        self.calls.append("bs" if step else "bc")
+        return self.back.pop(0)
+
+
+class _Edge(Stepped):
+    __slots__ = ("replaylog",)
+
+    def __init__(self, where):
+        self.replaylog = where
+
+
+def test_reverse_packets_follow_the_capability():
+    _, (feats, bs, bc), _, _ = session([b"qSupported:swbreak+", b"bs", b"bc"])
+    assert b"ReverseStep+" not in feats and b"ReverseContinue+" not in feats
+    assert bs == b"" and bc == b""                 # unsupported: empty replies
+    t = ReverseTarget([Stepped(), Breakpoint(BASE + 4), _Edge("begin"), _Edge("end"),
+                       Watchpoint("watch", BASE + 0x100)])
+    _, r, _, _ = session([b"qSupported:swbreak+", b"bs", b"bc", b"bs", b"bc", b"bc"], t)
+    assert b"ReverseStep+" in r[0] and b"ReverseContinue+" in r[0]
+    assert t.calls == ["bs", "bc", "bs", "bc", "bc"]
+    assert r[1].startswith(b"T05") and b"swbreak" not in r[1]
+    assert b"swbreak:;" in r[2]
+    assert b"replaylog:begin;" in r[3] and b"replaylog:end;" in r[4]
+    assert b"watch:%x;" % (BASE + 0x100) in r[5]

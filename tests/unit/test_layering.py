@@ -28,14 +28,18 @@ ALLOWED = {
     # Live debugging drives the tender's machine; the tender never reaches back.
     "ukdbg.debugger": {"ukdbg.kvm", "ukdbg.arch", "ukdbg.target", "ukdbg.elf", "ukdbg.gdbstub",
                        "ukdbg.tender"},
+    # Reverse execution drives the debugger (and the replayer's input cursor).
+    "ukdbg.reverse": {"ukdbg.kvm", "ukdbg.arch", "ukdbg.target", "ukdbg.elf", "ukdbg.tender",
+                      "ukdbg.debugger", "ukdbg.replay"},
     # The composition root (ukdbg run) wires tender and debugger features together.
-    "ukdbg.run": {"ukdbg.target", "ukdbg.tender", "ukdbg.debugger", "ukdbg.replay"},
+    "ukdbg.run": {"ukdbg.target", "ukdbg.tender", "ukdbg.debugger", "ukdbg.replay",
+                  "ukdbg.reverse"},
     # Record and replay (issue 10): hooks on the tender's machine, driven like live.
     "ukdbg.replay": {"ukdbg.arch", "ukdbg.target", "ukdbg.elf", "ukdbg.tender",
                      "ukdbg.run"},
 }
 # Packages that drive the tender: it must never import them, even lazily or by name.
-DRIVERS = ("ukdbg.debugger", "ukdbg.replay")
+DRIVERS = ("ukdbg.debugger", "ukdbg.replay", "ukdbg.reverse")
 
 
 def modules():
@@ -155,9 +159,10 @@ def test_cycle_check_sees_a_back_import(monkeypatch):
 
 
 def test_only_the_tender_touches_kvm():
-    """And the debugger, which drives the vCPU (it sees its debug and MMIO exits)."""
+    """And the debugger and reverse execution, which drive the vCPU (debug and MMIO
+    exits, vCPU state, dirty logs)."""
     for name, path in modules():
-        if name.startswith(("ukdbg.kvm", "ukdbg.tender", "ukdbg.debugger")):
+        if name.startswith(("ukdbg.kvm", "ukdbg.tender", "ukdbg.debugger", "ukdbg.reverse")):
             continue
         for imp in imports_of(name, path):
             assert not imp.startswith("ukdbg.kvm"), f"{name} imports {imp}"

@@ -35,14 +35,31 @@ class LiveTarget(MachineView):
             d = self._debugger = LiveDebugger(self)
         return d
 
+    def _reverse(self):
+        """The reverse-execution engine (issue 11) when it is on: it takes the running
+        capabilities over, to keep track of positions."""
+        rv = getattr(self.m, "reverse", None)
+        return rv.bind(self) if rv is not None and self.m.caps.get("guest_debug") else None
+
     def writable(self):
-        return self.debugger()
+        # A write makes reverse execution start its history again there.
+        rv = self._reverse()
+        return rv.writer() if rv is not None else self.debugger()
 
     def resumable(self):
-        return self.debugger() if self.m.caps.get("guest_debug") else None
+        return self._reverse() or (self.debugger() if self.m.caps.get("guest_debug")
+                                   else None)
 
     def breakpoints(self):
-        return self.debugger() if self.m.caps.get("guest_debug") else None
+        return self._reverse() or (self.debugger() if self.m.caps.get("guest_debug")
+                                   else None)
 
     def watchpoints(self):
-        return self.debugger()
+        return self._reverse() or self.debugger()
+
+    def reversible(self):
+        return self._reverse()
+
+    def monitor_commands(self) -> dict:
+        rv = self._reverse()
+        return rv.monitor_commands() if rv is not None else {}

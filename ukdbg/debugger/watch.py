@@ -44,6 +44,10 @@ class Watchpoints:
         self.hooked = False
         self.refused = ""                 # why the last add was refused
         self._forbidden = None            # (cr3, {page: reason})
+        self.last_hits = []               # (kind, addr, size) hit by the last access
+        self.last_write = False           # ... which was a write
+        self.pre = ()                     # reverse execution: see _perform
+        self.pre_hit = None
 
     # --- what the debugger asks -------------------------------------------------------
     def add(self, kind: str, addr: int, size: int, sregs=None, rip=None) -> bool:
@@ -186,7 +190,10 @@ class Watchpoints:
         return hit
 
     def _perform(self, ex):
-        """Do the access for the guest; the Watchpoint stop it hits, or None."""
+        """Do the access for the guest; the Watchpoint stop it hits, or None.
+        self.last_hits lists every watchpoint the access hit (reverse execution needs
+        them all). A write that hits one of self.pre (reverse execution going to the
+        state before it) is not performed: self.pre_hit keeps it."""
         m = self.m
         gpa, n = ex.addr, ex.length
         end = gpa + n
@@ -194,10 +201,6 @@ class Watchpoints:
             old = m.mem.read(gpa, n) if m.mem.contains(gpa, n) else None
             if old is None:
                 return None
-            if m.debug is not None:
-                m.debug.write_through(gpa, bytes(ex.data))
-            else:
-                m.mem.write(gpa, bytes(ex.data))
             new = bytes(ex.data)
         else:
             if not m.mem.contains(gpa, n):
@@ -205,7 +208,7 @@ class Watchpoints:
             data = m.mem.read(gpa, n)
             if m.debug is not None:
                 data = m.debug.shadow(gpa, data)
-            m.vcpu.mmio_read_reply(data)
+        hits = []
         for w in self.watches:
             if ex.is_write and w.kind == "rwatch" or not ex.is_write and w.kind == "watch":
                 continue
@@ -215,7 +218,23 @@ class Watchpoints:
                     continue
                 if w.kind == "watch" and old[lo - gpa:hi - gpa] == new[lo - gpa:hi - gpa]:
                     continue
-                return Watchpoint(w.kind, sva + (lo - sg))
+                hits.append((w, sva + (lo - sg)))
+                break
+        self.last_hits = [(w.kind, w.addr, w.size) for w, _ in hits]
+        self.last_write = bool(ex.is_write)
+        if ex.is_write and hits and self.pre and \
+                any((w.kind, w.addr, w.size) in self.pre for w, _ in hits):
+            self.pre_hit = (gpa, new)
+        elif ex.is_write:
+            if m.debug is not None:
+                m.debug.write_through(gpa, new)
+            else:
+                m.mem.write(gpa, new)
+        else:
+            m.vcpu.mmio_read_reply(data)
+        if hits:
+            w, a = hits[0]
+            return Watchpoint(w.kind, a)
         return None
 
     def _complete(self):

@@ -318,7 +318,8 @@ _SIMPLE = frozenset((b"?", b"g", b"qC", b"qAttached", b"qfThreadInfo", b"qsThrea
                      b"QStartNoAckMode", b"qHostInfo", b"qProcessInfo", b"vMustReplyEmpty",
                      b"qOffsets", b"qSymbol::", b"vStopped", b"qTStatus",
                      b"QThreadSuffixSupported", b"QListThreadsInStopReply",
-                     b"qGetWorkingDir", b"qVAttachOrWaitSupported", b"QEnableErrorStrings"))
+                     b"qGetWorkingDir", b"qVAttachOrWaitSupported", b"QEnableErrorStrings",
+                     b"bs", b"bc"))
 
 _BY_CHAR = {
     ord("m"): parse_m, ord("M"): parse_M, ord("X"): parse_X, ord("G"): parse_G,

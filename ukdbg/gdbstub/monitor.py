@@ -17,6 +17,11 @@ ukdbg monitor commands:
   monitor pt ADDR     walk the guest page tables for virtual address ADDR
   monitor core FILE   write an ELF core of the guest now (it stays stopped)
 """
+REVERSE_HELP = """\
+  monitor when        the current position in the execution (event index, ...)
+  monitor goto N      go to position N (from 'monitor when'), or 'start'
+  monitor checkpoints the checkpoints kept for reverse execution and their memory
+"""
 
 
 def run(target, line: str, owner: bool = False) -> str:
@@ -25,7 +30,11 @@ def run(target, line: str, owner: bool = False) -> str:
     if not words:
         return HELP
     cmd, args = words[0], words[1:]
-    fn = COMMANDS.get(cmd)
+    extra = getattr(target, "monitor_commands", None)
+    extra = extra() if extra is not None else {}
+    if cmd == "help" and extra:
+        return HELP + REVERSE_HELP
+    fn = COMMANDS.get(cmd) or extra.get(cmd)
     if fn is None:
         raise TargetError(errno.EINVAL, f"unknown monitor command '{cmd}' (try "
                                         "'monitor help')")

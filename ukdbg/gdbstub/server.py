@@ -113,6 +113,8 @@ class GdbServer:
         self.r = target.resumable()
         self.bp = target.breakpoints()
         self.wp = target.watchpoints() if hasattr(target, "watchpoints") else None
+        # Reverse execution (issue 11): reverse(step) -> Stop, for bs and bc.
+        self.rv = target.reversible() if hasattr(target, "reversible") else None
         self.reader = PacketReader()
         self.ack = True
         self.multiprocess = False
@@ -264,6 +266,8 @@ class GdbServer:
             return self.stop_reply(self.stop)
         if name == "QListThreadsInStopReply":
             return b"OK"
+        if name in ("bs", "bc") and self.rv is not None:
+            return self._reverse(name == "bs")
         return b""
 
     def _tid(self) -> bytes:
@@ -289,6 +293,8 @@ class GdbServer:
             feats.append(b"vContSupported+")
         if self.bp:
             feats += [b"swbreak+", b"hwbreak+"]
+        if self.rv is not None:
+            feats += [b"ReverseStep+", b"ReverseContinue+"]
         return b";".join(feats)
 
     # --- registers ----------------------------------------------------------------------------
@@ -431,6 +437,16 @@ class GdbServer:
             return Outcome("disconnect")
         return self._report(stop)
 
+    def _reverse(self, step):
+        """bs / bc: the target goes back in its history; a guest that had ended or
+        crashed runs again from there."""
+        self._invalidate()
+        self._forget()
+        stop = self.rv.reverse(step)
+        self.final = None
+        self.fault_shown = False
+        return self._report(stop)
+
     def _report(self, stop):
         """The stop reply for a resume, or the session's end."""
         self.stop = stop
@@ -493,7 +509,10 @@ class GdbServer:
             self._sp = values[1]
         except UkdbgError:
             pass
-        if isinstance(stop, Breakpoint):
+        edge = getattr(stop, "replaylog", None)
+        if edge:
+            parts.append(b"replaylog:%s;" % edge.encode())
+        elif isinstance(stop, Breakpoint):
             parts.append(b"hwbreak:;" if stop.hardware else b"swbreak:;")
         elif isinstance(stop, Watchpoint):
             parts.append(b"%s:%x;" % (stop.kind.encode(), stop.addr))
@@ -533,6 +552,9 @@ class GdbServer:
         return (b"m" if more else b"l") + escape(chunk)
 
     def _monitor(self, cmd):
+        # A monitor command may move the target (reverse execution's `goto`).
+        self._invalidate()
+        self._forget()
         try:
             text = monitor.run(self.t, cmd.command, owner=self.owner)
             ok = True

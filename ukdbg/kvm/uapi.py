@@ -19,6 +19,7 @@ KVM_GET_SUPPORTED_CPUID = 0xC008AE05
 # VM fd
 KVM_CREATE_VCPU = 0xAE41
 KVM_SET_USER_MEMORY_REGION = 0x4020AE46
+KVM_GET_DIRTY_LOG = 0x4010AE42          # struct kvm_dirty_log: slot, pad, bitmap pointer
 # vCPU fd
 KVM_RUN = 0xAE80
 KVM_GET_REGS = 0x8090AE81
@@ -35,6 +36,8 @@ KVM_SET_GUEST_DEBUG = 0x4048AE9B      # KVM_CAP_SET_GUEST_DEBUG
 KVM_GET_VCPU_EVENTS = 0x8040AE9F      # KVM_CAP_VCPU_EVENTS
 KVM_SET_VCPU_EVENTS = 0x4040AEA0
 KVM_GET_DEBUGREGS = 0x8080AEA1        # KVM_CAP_DEBUGREGS
+KVM_SET_DEBUGREGS = 0x4080AEA2
+KVM_SET_MSRS = 0x4008AE89
 KVM_GET_TSC_KHZ = 0xAEA3              # KVM_CAP_GET_TSC_KHZ
 KVM_GET_XSAVE = 0x9000AEA4            # KVM_CAP_XSAVE
 KVM_SET_XSAVE = 0x5000AEA5
@@ -266,6 +269,9 @@ XCR_ENTRY = struct.Struct("<IIQ")
 CPUID_MAX_ENTRIES = 100                   # the buffer Solo5 uses (hvt-abi.md §5)
 CPUID_ENTRY_SIZE = 40
 CPUID_HEAD = struct.Struct("<II")         # nent, padding
+DIRTY_LOG = struct.Struct("<IIQ")         # slot, padding, dirty_bitmap (user pointer)
+MSRS_HEAD = struct.Struct("<II")          # nmsrs, pad; then {u32 index, u32, u64 data}
+MSR_ENTRY = struct.Struct("<IIQ")
 SIGNAL_MASK = struct.Struct("<IQ")        # len (= 8), the kernel's 64-bit sigset
 
 for _s, _n in ((kvm_regs, 144), (kvm_segment, 24), (kvm_dtable, 16), (kvm_fpu, 416),

@@ -163,6 +163,40 @@ class VcpuFd:
         return uapi.kvm_debugregs.unpack(self._get(uapi.KVM_GET_DEBUGREGS,
                                                    "KVM_GET_DEBUGREGS", 128))
 
+    def set_debugregs(self, regs: uapi.kvm_debugregs) -> None:
+        self._set(uapi.KVM_SET_DEBUGREGS, "KVM_SET_DEBUGREGS", regs.pack())
+
+    def get_xcrs_raw(self) -> bytes:
+        """KVM_GET_XCRS as the raw struct (for an exact KVM_SET_XCRS later)."""
+        return self._get(uapi.KVM_GET_XCRS, "KVM_GET_XCRS", uapi.XCRS_SIZE)
+
+    def set_xcrs_raw(self, raw: bytes) -> None:
+        self._set(uapi.KVM_SET_XCRS, "KVM_SET_XCRS", raw)
+
+    def get_msrs(self, indices) -> dict:
+        """KVM_GET_MSRS: {index: value} for the MSRs KVM could read."""
+        indices = list(indices)
+        buf = bytearray(uapi.MSRS_HEAD.pack(len(indices), 0)
+                        + b"".join(uapi.MSR_ENTRY.pack(i, 0, 0) for i in indices))
+        try:
+            n = ioctl_inout(self.fd, uapi.KVM_GET_MSRS, buf)
+        except OSError as e:
+            raise KvmError("KVM_GET_MSRS", e.errno) from None
+        out = {}
+        for k in range(n):
+            idx, _, value = uapi.MSR_ENTRY.unpack_from(buf, 8 + 16 * k)
+            out[idx] = value
+        return out
+
+    def set_msrs(self, values: dict) -> None:
+        items = list(values.items())
+        buf = bytearray(uapi.MSRS_HEAD.pack(len(items), 0)
+                        + b"".join(uapi.MSR_ENTRY.pack(i, 0, v) for i, v in items))
+        try:
+            ioctl_inout(self.fd, uapi.KVM_SET_MSRS, buf)
+        except OSError as e:
+            raise KvmError("KVM_SET_MSRS", e.errno) from None
+
     def get_vcpu_events(self) -> uapi.kvm_vcpu_events:
         return uapi.kvm_vcpu_events.unpack(self._get(uapi.KVM_GET_VCPU_EVENTS,
                                                      "KVM_GET_VCPU_EVENTS", 64))

@@ -33,6 +33,18 @@ class VmFd:
             raise KvmError(f"KVM_SET_USER_MEMORY_REGION(slot {slot}, gpa {gpa:#x}, "
                            f"size {size:#x})", e.errno) from None
 
+    def get_dirty_log(self, slot: int, bitmap: bytearray) -> None:
+        """KVM_GET_DIRTY_LOG: fill bitmap (one bit per page of the slot, whole u64 words)
+        with the pages the guest wrote since the last call, and clear them in KVM.
+        Only for a slot created with KVM_MEM_LOG_DIRTY_PAGES. ctypes (for the buffer's
+        address) loads only here: dirty logging is a debugger feature."""
+        import ctypes
+        addr = ctypes.addressof((ctypes.c_char * len(bitmap)).from_buffer(bitmap))
+        try:
+            ioctl(self.fd, uapi.KVM_GET_DIRTY_LOG, uapi.DIRTY_LOG.pack(slot, 0, addr))
+        except OSError as e:
+            raise KvmError(f"KVM_GET_DIRTY_LOG(slot {slot})", e.errno) from None
+
     def create_vcpu(self, vcpu_id: int = 0):
         """KVM_CREATE_VCPU, then mmap of its struct kvm_run."""
         from .vcpu import VcpuFd

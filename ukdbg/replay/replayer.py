@@ -544,6 +544,8 @@ same exit status, the same crash. Needs no image, tap, disk or configuration.
   --no-core                    do not write a core when the guest crashes
   --trace[=FILE]               print each replayed hypercall and event
   --image APP.hvt              use this file as the image (it must be the recorded one)
+  --checkpoint-mem MB          with --gdb: memory kept for reverse execution's
+                               checkpoints (default 256)
   -h, --help                   this help
 
 exit status: the recorded run's, or
@@ -596,6 +598,11 @@ def parse_args(argv):
             o.trace = val if eq else "-"
         elif opt == "--image":
             o.image = value()
+        elif opt == "--checkpoint-mem":
+            v = value()
+            if not v.isdigit() or int(v) <= 0:
+                raise UsageError(f"--checkpoint-mem {v}: expected a positive number of MiB")
+            o.checkpoint_mem = int(v)
         elif a.startswith("-") and a != "-":
             raise UsageError(f"unknown option '{a}'", "see ukdbg replay --help")
         elif path is None:
@@ -701,6 +708,8 @@ def prepare(argv):
         _import("tender.modules.report").setup(m, opts)
         if opts.gdb:
             _import("debugger.gdb").setup(m, opts)
+            # issue 11: reverse execution (checkpoints carry the cursor)
+            _import("reverse").setup(m, opts, replayer=r)
         if opts.trace is not None:
             _import("tender.modules.trace").setup(m, opts)
         m.mem.write(boot_gpa, boot)

@@ -21,6 +21,10 @@ class MemSlots:
         self.ro_pages = set()       # debugger write-protected pages (page numbers)
         self.none_pages = set()     # debugger unmapped pages
         self.current = {}           # (gpa, size, flags) -> slot id
+        # Dirty logging (reverse execution's checkpoints): rw slots log the pages the
+        # guest writes; before_change() harvests the logs of slots about to go.
+        self.log_dirty = False
+        self.before_change = None
         self._host = None
 
     def kind(self, gpa: int) -> str:
@@ -74,7 +78,8 @@ class MemSlots:
                 merged[-1] = (merged[-1][0], merged[-1][1] + s, k)
             else:
                 merged.append((g, s, k))
-        return [(g, s, uapi.KVM_MEM_READONLY if k == "ro" else 0)
+        rw = uapi.KVM_MEM_LOG_DIRTY_PAGES if self.log_dirty else 0
+        return [(g, s, uapi.KVM_MEM_READONLY if k == "ro" else rw)
                 for g, s, k in merged if k != "none"]
 
     def install(self) -> None:
@@ -82,6 +87,8 @@ class MemSlots:
         if self._host is None:
             self._host = self.m.mem.host_address
         want = self.layout()
+        if self.before_change is not None and set(want) != set(self.current):
+            self.before_change()
         vm = self.m.vm
         keep = {}
         for key, slot in list(self.current.items()):

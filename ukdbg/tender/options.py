@@ -25,6 +25,9 @@ debugging:
   --gdb-wait                   hold the guest at its first instruction until gdb continues
   --gdb-on-crash               on a crash keep the guest frozen and wait for gdb to attach
   --gdb-allow-remote           let --gdb listen on a non-loopback address (no authentication)
+  --reverse                    with --gdb: checkpoints, so gdb's reverse-stepi,
+                               reverse-continue, ... work (deterministic guests only)
+  --checkpoint-mem MB          memory kept for checkpoints (default 256)
 post-mortem:
   --core-dir DIR               where cores go (default: the current directory)
   --no-core                    do not write a core when the guest crashes
@@ -100,6 +103,8 @@ class RunOptions:
         self.console = None
         self.control = True
         self.sandbox = True           # seccomp after set-up (ukdbg/sandbox.py)
+        self.reverse = False          # issue 11: checkpoints for gdb's reverse commands
+        self.checkpoint_mem = 256     # MiB kept for checkpoints
         self.record = None            # --record FILE (docs/replay.md)
         self.record_limit = None      # bytes
         self.app = None
@@ -111,11 +116,11 @@ class RunOptions:
 _VALUED = {"--mem": "mem", "--gdb-port": "gdb_port", "--core-dir": "core_dir",
            "--dumpcore": "core_dir", "--core-on": "core_on", "--report": "report",
            "--timeout": "timeout", "--log": "log", "--console": "console",
-           "--flight": "flight",
+           "--flight": "flight", "--checkpoint-mem": "checkpoint_mem",
            "--record": "record", "--record-limit": "record_limit"}
 _FLAGS = {"--gdb-wait": "gdb_wait", "--wait-gdb": "gdb_wait", "--gdb-on-crash": "gdb_on_crash",
           "--gdb-allow-remote": "gdb_allow_remote",
-          "--no-core": "no_core", "--trace-summary": "trace_summary"}
+          "--no-core": "no_core", "--trace-summary": "trace_summary", "--reverse": "reverse"}
 _SIGNALS = {"HUP": 1, "INT": 2, "QUIT": 3, "USR1": 10, "USR2": 12, "ALRM": 14, "TERM": 15,
             "CONT": 18, "WINCH": 28, "PWR": 30}
 
@@ -239,6 +244,8 @@ def parse_run(argv: list) -> RunOptions:
         raise UsageError("missing APP (the unikernel to run)", "see ukdbg run --help")
     if o.gdb_wait and o.gdb is None:
         o.gdb = "127.0.0.1:1234"
+    if o.reverse and o.gdb is None:
+        raise UsageError("--reverse needs --gdb (reverse execution is a gdb feature)")
     if o.record_limit is not None and o.record is None:
         raise UsageError("--record-limit needs --record FILE")
     return o
@@ -282,6 +289,10 @@ def _set_valued(o, opt, val):
         o.log = val
     elif opt == "--console":
         o.console = val
+    elif opt == "--checkpoint-mem":
+        if not val.isdigit() or int(val) <= 0:
+            raise UsageError(f"--checkpoint-mem {val}: expected a positive number of MiB")
+        o.checkpoint_mem = int(val)
     elif opt == "--record":
         o.record = val
     elif opt == "--record-limit":
