@@ -2,15 +2,21 @@
 """bench/gdb.py: figures for ukdbg's gdb stub, driven by the real gdb (prints, asserts nothing).
 
     .venv/bin/python bench/gdb.py [-n RUNS] [--modes stepi memread bp interrupt packets]
-                                  [--qemu]
+                                  [--baselines native gdbserver] [--qemu]
 
 Each run starts a fresh `ukdbg run --gdb ... --gdb-wait` on a fixture and a fresh
 `gdb -batch -x bench/gdb_inside.py`:
-  stepi      10,000 x `stepi` from `tick` (a gdb Python loop)        -> steps/s
+  stepi      3,000 x `stepi` from `tick` (a gdb Python loop)         -> steps/s
   memread    `dump binary memory` of 16 MiB (--mem 64)               -> MiB/s
-  bp         1,000 x `continue` to `break tick`                     -> hits/s
+  bp         500 x `continue` to `break tick`                        -> hits/s
   interrupt  SIGINT to gdb while the guest spins (loop), to the stop -> ms
   packets    gdb->stub packets per stepi and per breakpoint hit (remotelogfile)
+stepi and bp also run, with the same gdb script, against two baselines built from
+bench/native/tick.c (the same loop as the `tick` fixture, gcc -O0 -g):
+  native     stock gdb on the Linux process (ptrace): the fastest baseline there is
+  gdbserver  the process under gdbserver, gdb attached over TCP (loopback)
+Runs of one figure alternate between ukdbg and the baselines (this host's timings
+drift); each figure prints ukdbg's ratio to native gdb, median over median.
 --qemu also runs QEMU's gdbstub through the peer harness in /work/shared/peers/qemu
 (bench/bench_gdb.py, its own guest; needs qemu-system-x86_64) in the same session.
 """
@@ -30,6 +36,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSIDE = os.path.join(ROOT, "bench", "gdb_inside.py")
+NATIVE_SRC = os.path.join(ROOT, "bench", "native", "tick.c")
+BASELINES = ("native", "gdbserver")
 PEER = "/work/shared/peers/qemu/bench/bench_gdb.py"
 
 
@@ -44,26 +52,53 @@ def fixture(name):
     return os.path.join(ROOT, "fixtures", "build", f"{name}.hvt")
 
 
-def one(mode, env_extra=None, remotelog=False):
+def native_binary(tmp):
+    """bench/native/tick.c built with gcc (-O0 -g, frame pointers, as the fixtures)."""
+    out = os.path.join(tmp, "tick")
+    subprocess.run(["gcc", "-O0", "-g", "-fno-omit-frame-pointer", "-o", out, NATIVE_SRC],
+                   check=True)
+    return out
+
+
+def one(mode, env_extra=None, remotelog=False, target="ukdbg", native=None):
+    """One measurement: a fresh debuggee (`target`: ukdbg, native or gdbserver) and gdb."""
     app, args, mem = {"interrupt": ("loop", [], 8), "memread": ("tick", ["10"], 64)} \
         .get(mode, ("tick", ["100000"], 8))
     port = free_port()
     tmp = tempfile.mkdtemp(prefix="ukdbg-gdbbench-")
+    vmm = None
     try:
-        vmm = subprocess.Popen(
-            [sys.executable, "-m", "ukdbg", "run", f"--mem={mem}", "--no-core", "--no-control",
-             "--gdb", f"127.0.0.1:{port}", "--gdb-wait", fixture(app), *args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
-        line = vmm.stderr.readline()           # "ukdbg: gdb: listening on ..."
-        if b"listening" not in line:
-            return {"ok": False, "error": line.decode(errors="replace")}
-        env = dict(os.environ, BENCH_MODE=mode, BENCH_ADDR=f"127.0.0.1:{port}",
+        if target == "native":
+            exe, addr = native, ""
+        elif target == "gdbserver":
+            exe, addr = native, f"127.0.0.1:{port}"
+            vmm = subprocess.Popen(["gdbserver", "--once", addr, native, *args],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            line = b""
+            while b"Listening" not in line:      # "Process ... created" comes first
+                line = vmm.stderr.readline()
+                if not line:
+                    return {"ok": False, "error": "gdbserver did not start"}
+        else:
+            # "ukdbg", or "ukdbg@TREE": the ukdbg of another checkout (before/after
+            # figures in one session), on this tree's fixture.
+            tree = target.partition("@")[2] or ROOT
+            exe, addr = fixture(app), f"127.0.0.1:{port}"
+            vmm = subprocess.Popen(
+                [sys.executable, "-m", "ukdbg", "run", f"--mem={mem}", "--no-core",
+                 "--no-control", "--gdb", addr, "--gdb-wait", exe, *args],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tree)
+            line = vmm.stderr.readline()           # "ukdbg: gdb: listening on ..."
+            if b"listening" not in line:
+                return {"ok": False, "error": line.decode(errors="replace")}
+        env = dict(os.environ, BENCH_MODE=mode, BENCH_ADDR=addr,
+                   BENCH_ARGS=" ".join(args),
                    BENCH_RESULT=os.path.join(tmp, "r.json"),
                    BENCH_READY=os.path.join(tmp, "ready"),
                    BENCH_DUMP_FILE=os.path.join(tmp, "dump.bin"), **(env_extra or {}))
         if remotelog:
             env["BENCH_REMOTELOG"] = os.path.join(tmp, "remote.log")
-        gdbp = subprocess.Popen(["gdb", "-q", "-batch", "-nx", "-x", INSIDE, fixture(app)],
+        gdbp = subprocess.Popen(["gdb", "-q", "-batch", "-nx", "-x", INSIDE, exe],
                                 env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
         t_sig = None
@@ -85,11 +120,12 @@ def one(mode, env_extra=None, remotelog=False):
             res["packets"] = count_packets(env["BENCH_REMOTELOG"], res)
         return res
     finally:
-        try:
-            vmm.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            vmm.kill()
-            vmm.wait()
+        if vmm is not None:
+            try:
+                vmm.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                vmm.kill()
+                vmm.wait()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -127,27 +163,63 @@ def main():
     ap.add_argument("-n", type=int, default=3, help="runs per figure (default 3)")
     ap.add_argument("--modes", nargs="+", default=["stepi", "memread", "bp", "interrupt",
                                                    "packets"])
-    ap.add_argument("--steps", type=int, default=10000)
-    ap.add_argument("--hits", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--hits", type=int, default=500)
+    ap.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=BASELINES,
+                    help="baselines for stepi and bp (default: both; none: ukdbg only)")
     ap.add_argument("--qemu", action="store_true", help="also measure QEMU's gdbstub")
+    ap.add_argument("--also-tree", metavar="PATH",
+                    help="also measure the ukdbg of another checkout (before/after)")
     args = ap.parse_args()
+    if "gdbserver" in args.baselines and not shutil.which("gdbserver"):
+        print("  gdbserver: not measured (not installed; scripts/setup.sh installs it)")
+        args.baselines.remove("gdbserver")
     print(f"ukdbg gdb stub, gdb {gdb_version()}, {args.n} runs per figure")
-    for mode in args.modes:
-        if mode == "packets":
-            r = one("stepi", {"BENCH_STEPS": "200"}, remotelog=True)
-            b = one("bp", {"BENCH_HITS": "100"}, remotelog=True)
-            print(f"  packets per stepi: {r.get('packets')}")
-            print(f"  packets per breakpoint hit: {b.get('packets')}")
-            continue
-        env = {"BENCH_STEPS": str(args.steps), "BENCH_HITS": str(args.hits)}
-        runs = [one(mode, env) for _ in range(args.n)]
-        bad = [r for r in runs if not r.get("ok")]
-        key, unit, d = {"stepi": ("per_s", "steps/s", 0), "memread": ("mib_per_s", "MiB/s", 1),
-                        "bp": ("per_s", "hits/s", 0),
-                        "interrupt": ("latency_ms", "ms", 2)}[mode]
-        vals = [r[key] for r in runs if r.get("ok") and key in r]
-        print(f"  {mode:10s} {summary(vals, unit, d)}"
-              + (f"  [{len(bad)} failed: {bad[0].get('error', bad[0])}]" if bad else ""))
+    btmp = tempfile.mkdtemp(prefix="ukdbg-gdbbench-native-")
+    try:
+        native = native_binary(btmp) if args.baselines else None
+        for mode in args.modes:
+            if mode == "packets":
+                for target in ["ukdbg"] + [b for b in args.baselines if b != "native"]:
+                    r = one("stepi", {"BENCH_STEPS": "200"}, remotelog=True, target=target,
+                            native=native)
+                    b = one("bp", {"BENCH_HITS": "100"}, remotelog=True, target=target,
+                            native=native)
+                    print(f"  {target}: packets per stepi: {r.get('packets')}")
+                    print(f"  {target}: packets per breakpoint hit: {b.get('packets')}")
+                continue
+            env = {"BENCH_STEPS": str(args.steps), "BENCH_HITS": str(args.hits)}
+            targets = ["ukdbg"] + ([f"ukdbg@{args.also_tree}"] if args.also_tree else []) \
+                + (args.baselines if mode in ("stepi", "bp") else [])
+            runs = {t: [] for t in targets}
+            for _ in range(args.n):
+                for t in targets:
+                    runs[t].append(one(mode, env, target=t, native=native))
+            key, unit, d = {"stepi": ("per_s", "steps/s", 0),
+                            "memread": ("mib_per_s", "MiB/s", 1),
+                            "bp": ("per_s", "hits/s", 0),
+                            "interrupt": ("latency_ms", "ms", 2)}[mode]
+            meds = {}
+            for t in targets:
+                bad = [r for r in runs[t] if not r.get("ok")]
+                vals = [r[key] for r in runs[t] if r.get("ok") and key in r]
+                if vals:
+                    meds[t] = statistics.median(vals)
+                label = mode if t == "ukdbg" else f"  {t}"
+                print(f"  {label:12s} {summary(vals, unit, d)}"
+                      + (f"  [{len(bad)} failed: {bad[0].get('error', bad[0])}]"
+                         if bad else ""))
+            best = {t: max(r[key] for r in runs[t] if r.get("ok") and key in r)
+                    for t in meds}
+            for t in [t for t in targets if t.startswith("ukdbg")]:
+                if t in meds and "native" in meds:
+                    # Load only ever slows a run down: the best runs' ratio is the
+                    # steadier figure on a shared host.
+                    print(f"  {'  ratio':12s} {t} / native gdb = "
+                          f"{meds[t] / meds['native']:.2f}x median, "
+                          f"{best[t] / best['native']:.2f}x best (goal >= 0.8x)")
+    finally:
+        shutil.rmtree(btmp, ignore_errors=True)
     if args.qemu:
         qemu(args.n)
 

@@ -1,6 +1,7 @@
 # Runs INSIDE gdb (gdb -q -batch -nx -x bench/gdb_inside.py APP.hvt), driven by bench/gdb.py:
-# connects to the stub at BENCH_ADDR, runs one measurement (BENCH_MODE) and writes a JSON
-# object to BENCH_RESULT.
+# connects to the stub at BENCH_ADDR (or, when it is empty, runs the native program with
+# BENCH_ARGS under gdb itself), runs one measurement (BENCH_MODE) and writes a JSON object
+# to BENCH_RESULT.
 #   stepi      break tick, continue, BENCH_STEPS x stepi (Python loop), packets per step
 #   memread    break tick, continue, dump binary memory of BENCH_DUMP bytes at BENCH_DUMP_AT
 #   bp         break tick, continue, BENCH_HITS x continue
@@ -41,7 +42,9 @@ def main():
     log = E.get("BENCH_REMOTELOG")
     if log:
         run(f"set remotelogfile {log}")
-    run(f"target remote {E['BENCH_ADDR']}")
+    native = not E.get("BENCH_ADDR")
+    if not native:
+        run(f"target remote {E['BENCH_ADDR']}")
     if MODE == "interrupt":
         with open(E["BENCH_READY"], "w") as f:
             f.write("ready\n")
@@ -52,7 +55,7 @@ def main():
         res["ok"] = res["signal"] == "SIGINT"
         return
     run("break tick")
-    run("continue")
+    run(f"run {E.get('BENCH_ARGS', '')}" if native else "continue")
     if frame_name() != "tick":
         raise RuntimeError(f"did not stop in tick but in {frame_name()}")
     if MODE == "stepi":

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # scripts/setup.sh: everything ukdbg needs, from a fresh machine. Idempotent.
-#   - system tools: gcc, make (fixtures), gdb (tests, demo), libseccomp2 (the sandbox),
-#     lldb if the distro has it
+#   - system tools: gcc, make (fixtures), gdb (tests, demo), gdbserver (bench/gdb.py's
+#     baseline), libseccomp2 (the sandbox), lldb if the distro has it
 #   - a venv in .venv with ukdbg (editable) and its test dependencies
 #   - the fixture unikernels (make -C fixtures)
 set -euo pipefail
@@ -12,6 +12,7 @@ need=()
 command -v gcc >/dev/null || need+=(gcc libc6-dev)
 command -v make >/dev/null || need+=(make)
 command -v gdb >/dev/null || need+=(gdb)
+command -v gdbserver >/dev/null || need+=(gdbserver)
 # libseccomp: the sandbox of `ukdbg run` (pyseccomp loads it; ukdbg/sandbox.py)
 ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2' || need+=(libseccomp2)
 if [ ${#need[@]} -gt 0 ]; then
