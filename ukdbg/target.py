@@ -154,3 +154,20 @@ class Target:
     breakpoints() add/remove_sw_breakpoint(addr), add/remove_hw_breakpoint(addr)
     watchpoints() add/remove_watchpoint(kind, addr, size)
     """
+
+
+class ReadOnly:
+    """The capabilities of a target that only reads (a core, the tender's MachineView):
+    none. LiveTarget overrides them."""
+
+    def writable(self):
+        return None
+
+    def resumable(self):
+        return None
+
+    def breakpoints(self):
+        return None
+
+    def watchpoints(self):
+        return None

@@ -11,7 +11,7 @@ import struct
 
 from ..elf import ElfFormatError, iter_notes
 from ..errors import CoreFormatError, TargetError
-from ..target import MemoryRegion
+from ..target import MemoryRegion, ReadOnly
 from . import format as F
 
 MAX_NOTES_SIZE = 64 << 20          # a sane bound for the note segment we read whole
@@ -73,7 +73,7 @@ def _bad(path, msg):
     return CoreFormatError(f"{path}: {msg}")
 
 
-class CoreFile:
+class CoreFile(ReadOnly):
     """A core file as a read-only Target (target.py). Use CoreFile.open(path)."""
 
     def __init__(self, path: str, fd: int, size: int):
@@ -418,15 +418,3 @@ class CoreFile:
     def console(self) -> bytes:
         return self.ukdbg.console
 
-    # --- capabilities: a core is read-only ---------------------------------------------------
-    def writable(self):
-        return None
-
-    def resumable(self):
-        return None
-
-    def breakpoints(self):
-        return None
-
-    def watchpoints(self):
-        return None

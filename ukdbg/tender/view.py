@@ -14,12 +14,12 @@ import errno
 
 from ..arch import mmu
 from ..errors import TargetError
-from ..target import MemoryRegion
+from ..target import MemoryRegion, ReadOnly
 
 PAGE = 4096
 
 
-class MachineView:
+class MachineView(ReadOnly):
     def __init__(self, m):
         self.m = m
         self.fault_view = None        # a traps.FaultContext while stopped at a fault
@@ -176,18 +176,6 @@ class MachineView:
             "caps": dict(m.caps),
         }
 
-    # --- capabilities: none (ukdbg/debugger/live_target.py adds them) ----------------
-    def writable(self):
-        return None
-
-    def resumable(self):
-        return None
-
-    def breakpoints(self):
-        return None
-
-    def watchpoints(self):
-        return None
 
     # --- for `monitor` commands ----------------------------------------------------------
     def system_state(self) -> dict:
