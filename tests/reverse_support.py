@@ -24,7 +24,7 @@ def symbol(m, name):
 
 def whole_state(m):
     """A fingerprint of the vCPU (GPRs, sregs, XSAVE, XCRs, debug registers, events)
-    and of every byte of guest memory."""
+    and of every byte of guest memory (as debuggers see it)."""
     v = m.vcpu
     h = hashlib.blake2b(digest_size=16)
     h.update(v.get_regs().pack())
@@ -36,11 +36,16 @@ def whole_state(m):
     h.update(v.get_vcpu_events().pack())
     # Every non-zero page with its number: holes (never touched) read as zeros
     # without being read (which would allocate them).
+    # Memory as the debugger and cores see it: the monitor's planted int3s (gdb's
+    # breakpoints, the crash capture's hooks on the IDT handlers, trapped RDTSCs) are
+    # instrumentation, shown as the original bytes. The crash capture plants its hooks
+    # at the first hypercall and keeps them when reverse execution goes back before it.
     view = m.mem.view
+    shadow = m.debug.shadow if m.debug is not None else (lambda gpa, data: data)
     zero = bytes(4096)
     for lo, hi in m.mem.touched_extents():
         for a in range(lo, hi, 4096):
-            page = view[a:a + 4096]
+            page = shadow(a, bytes(view[a:a + 4096]))
             if page != zero:
                 h.update(a.to_bytes(8, "little"))
                 h.update(page)
