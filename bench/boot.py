@@ -95,11 +95,15 @@ def tree_env(src):
 PHASES_CODE = """
 import os, sys, time
 from ukdbg import run as R
+# In-process runs stay unconfined (the sandbox would refuse the next run's set-up); a
+# tree from before the sandbox has no such option.
+flags = ["--no-control"] + (["--no-sandbox"] if os.path.exists(
+    os.path.join(os.path.dirname(R.__file__), "sandbox.py")) else [])
 fd = os.dup(1); nul = os.open(os.devnull, os.O_WRONLY); os.dup2(nul, 1)
 try:
-    R.run_main(["--no-control", "--no-sandbox"] + sys.argv[1:])     # warm: what it imports is start-up
+    R.run_main(flags + sys.argv[1:])     # warm: what it imports is start-up
     marks = [("start", time.perf_counter(), time.process_time())]
-    R.run_main(["--no-control", "--no-sandbox"] + sys.argv[1:],
+    R.run_main(flags + sys.argv[1:],
                mark=lambda p: marks.append((p, time.perf_counter(), time.process_time())))
 finally:
     os.dup2(fd, 1); os.close(fd); os.close(nul)
@@ -122,12 +126,11 @@ def phases(argv, env, src):
 LEAK_CODE = """
 import os, sys
 from ukdbg import run as R
-fd = os.dup(1); nul = os.open(os.devnull, os.O_WRONLY); os.dup2(nul, 1)
-try:
-    R.run_main(sys.argv[1:])
-finally:
-    os.dup2(fd, 1); os.close(fd); os.close(nul)
-print(" ".join(sorted(m for m in sys.modules if m.split(".")[0] in %r)))
+# The monitor is confined after the run (no dup2 back): the list goes to stderr.
+os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+R.run_main(sys.argv[1:])
+sys.stderr.write("MODULES " + " ".join(sorted(m for m in sys.modules
+                                             if m.split(".")[0] in %r)) + "\\n")
 """ % (HEAVY,)
 
 
@@ -137,7 +140,7 @@ def leaked(argv, env, src):
                        text=True, cwd=src, env=env)
     if r.returncode:
         sys.exit(r.stderr)
-    return r.stdout.split()
+    return r.stderr.rsplit("MODULES", 1)[1].split()
 
 
 OPEN_CODE = """
