@@ -132,6 +132,9 @@ class Writer:
             self.fd = -1
 
 
+RECORDING_MAX = 4 << 30      # bytes of a recording file that replay reads into memory
+
+
 class Recording:
     """A recording read back: meta (dict), image (bytes), cpuid (bytes), events (a list
     of (type, payload) for HC/TRAP/EXT/END) and how the file ends: `complete` (an END
@@ -139,11 +142,8 @@ class Recording:
 
     def __init__(self, path: str):
         self.path = path
-        try:
-            with open(path, "rb") as f:
-                raw = f.read()
-        except OSError as e:
-            raise RecordingError(f"{path}: cannot read the recording: {e.strerror}") from None
+        from ..files import read_regular     # a regular file of sane size, nothing else
+        raw = read_regular(path, RECORDING_MAX, "a ukdbg recording", error=RecordingError)
         self.file_size = len(raw)
         if len(raw) < HEADER.size or raw[:8] != MAGIC:
             raise RecordingError(f"{path}: not a ukdbg recording (bad magic)")

@@ -625,23 +625,20 @@ def _image_path(rec, opts, tmp):
         raise F.RecordingError(f"{rec.path}: the image inside the recording does not "
                                "match its recorded hash (the recording was modified)")
     if opts.image:
-        try:
-            with open(opts.image, "rb") as f:
-                got = hashlib.sha256(f.read()).hexdigest()
-        except OSError as e:
-            raise UkdbgError(f"--image {opts.image}: {e.strerror}") from None
+        from ..files import IMAGE_MAX, read_regular
+        got = hashlib.sha256(read_regular(opts.image, IMAGE_MAX, "an hvt image")).hexdigest()
         if got != want:
             raise UkdbgError(f"--image {opts.image}: not the recorded image (sha256 "
                              f"{got[:16]}..., the recording has {want[:16]}...)",
                              "replay without --image: the recording carries its image")
         return opts.image
     p = rec.meta.get("image_path")
-    if isinstance(p, str) and os.path.isfile(p):
+    if isinstance(p, str) and "\0" not in p and os.path.isfile(p):
+        from ..files import IMAGE_MAX, read_regular
         try:
-            with open(p, "rb") as f:
-                if hashlib.sha256(f.read()).hexdigest() == want:
-                    return p
-        except OSError:
+            if hashlib.sha256(read_regular(p, IMAGE_MAX, "an hvt image")).hexdigest() == want:
+                return p
+        except UkdbgError:
             pass
     name = os.path.basename(str(rec.meta.get("image_name") or "image.hvt")) or "image.hvt"
     path = os.path.join(tmp, name)
