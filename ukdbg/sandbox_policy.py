@@ -34,8 +34,10 @@ POLICY = (
     ("rt_sigaction", "Python's signal module (handlers restored at the end)", None),
     ("rt_sigreturn", "return from a signal handler", None),
     ("restart_syscall", "the kernel's restart of a poll() interrupted by a signal", None),
-    ("tgkill", "SIGUSR1 only: Events.post() wakes the vCPU thread (gdb's Ctrl-C)",
-     [[(2, EQ, 10)]]),
+    ("tgkill", "the monitor's own signals only (HUP, INT, QUIT, USR1, ALRM, TERM, IO): "
+               "Events.post() wakes the vCPU thread with SIGUSR1 (gdb's Ctrl-C); a gdb "
+               "session that ends makes the signals it took pending again",
+     [[(2, EQ, sig)] for sig in (1, 2, 3, 10, 14, 15, 29)]),
     ("setitimer", "--timeout and the control socket's delayed opening", None),
     ("poll", "Events.wait: the POLL hypercall, a paused guest, a stopped gdb session; "
              "the control and gdb sockets", None),

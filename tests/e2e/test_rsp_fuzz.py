@@ -361,7 +361,10 @@ def test_fuzz_clients_that_vanish_mid_packet_or_never_read(rt, app, tmp_path):
     with mon:
         mon.wait_for(lambda: "looping" in mon.stdout(), "the guest to run")
         for i in range(80):
-            s = raw_connect(addr)
+            try:
+                s = raw_connect(addr)
+            except OSError as e:
+                raise AssertionError(f"client {i}: {e}\n{mon.stderr()}\n{mon.stdout()[-500:]}")
             mode = i % 4
             try:
                 if mode == 0:             # mid-packet, then gone
