@@ -209,17 +209,12 @@ def in_netns(argv):
     if os.geteuid() != 0 or not shutil.which("ip") or not os.path.exists("/dev/net/tun"):
         sys.exit("bench/hypercalls.py: needs root, iproute2 and /dev/net/tun (a tap device "
                  "in a network namespace), or --tap IFACE of an existing one")
-    name = f"ukdbg-hcb{os.getpid()}"
-    ex = ["ip", "netns", "exec", name]
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(ex + ["ip", "tuntap", "add", "tap0", "mode", "tap"], check=True)
-        subprocess.run(ex + ["sysctl", "-qw", "net.ipv6.conf.tap0.disable_ipv6=1"])
-        subprocess.run(ex + ["ip", "link", "set", "dev", "tap0", "up"], check=True)
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from helpers import tap_netns
+    with tap_netns("ukdbg-hcb") as name:
+        ex = ["ip", "netns", "exec", name]
         return subprocess.run(ex + [sys.executable, os.path.abspath(__file__), "--tap", "tap0",
                                     *argv]).returncode
-    finally:
-        subprocess.run(["ip", "netns", "del", name])
 
 
 def main():

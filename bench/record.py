@@ -179,13 +179,10 @@ def bench_echo(tmp, n):
     if os.geteuid() != 0 or not shutil.which("ip"):
         print("echo: skipped (needs root and iproute2)")
         return
-    ns = f"ukdbg-bench{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from helpers import tap_netns
+    with tap_netns("ukdbg-bench") as ns:
         ex = ["ip", "netns", "exec", ns]
-        subprocess.run(ex + ["ip", "tuntap", "add", "tap0", "mode", "tap"], check=True)
-        subprocess.run(ex + ["sysctl", "-qw", "net.ipv6.conf.tap0.disable_ipv6=1"])
-        subprocess.run(ex + ["ip", "link", "set", "dev", "tap0", "up"], check=True)
         script = os.path.join(tmp, "echo.py")
         with open(script, "w") as f:
             f.write(ECHO)
@@ -206,8 +203,6 @@ def bench_echo(tmp, n):
               f"{res['plain']['seconds'] / n * 1e6:.0f} us/frame plain, "
               f"{res['record']['seconds'] / n * 1e6:.0f} us/frame recorded; replay "
               f"{t2:.2f} s")
-    finally:
-        subprocess.run(["ip", "netns", "del", ns])
 
 
 def main():

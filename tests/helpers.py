@@ -1,6 +1,7 @@
 """Helpers for tests: run the ukdbg CLI as a real process, in the foreground or in the
 background (Background: output to files, waiting for conditions, always cleaned up)."""
 
+import contextlib
 import os
 import shutil
 import signal
@@ -105,3 +106,29 @@ class Background:
 
     def __exit__(self, *exc):
         self.close()
+
+
+@contextlib.contextmanager
+def tap_netns(prefix: str, taps=("tap0",)):
+    """A private network namespace holding tap devices (the first one up), removed on
+    exit; yields its name. Needs root and iproute2. Tests, bench/record.py and
+    bench/hypercalls.py use it, so every tap lives in a namespace of its own."""
+    name = f"{prefix}{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        ex = ["ip", "netns", "exec", name]
+        for tap in taps:
+            subprocess.run(ex + ["ip", "tuntap", "add", tap, "mode", "tap"], check=True)
+        # No IPv6 on the tap: the kernel's own router/neighbour solicitations would be
+        # frames the guest echoes too.
+        subprocess.run(ex + ["sysctl", "-qw", f"net.ipv6.conf.{taps[0]}.disable_ipv6=1"])
+        subprocess.run(ex + ["ip", "link", "set", "dev", taps[0], "up"], check=True)
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name])
+
+
+def need_tap_netns():
+    if os.geteuid() != 0 or not shutil.which("ip") or not os.path.exists("/dev/net/tun"):
+        import pytest
+        pytest.fail("this test needs root, iproute2 and /dev/net/tun (the CI machines have them)")

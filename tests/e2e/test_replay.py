@@ -17,7 +17,7 @@ import zlib
 
 import pytest
 
-from helpers import ROOT, Background, gdb_path, ukdbg
+from helpers import ROOT, Background, gdb_path, need_tap_netns, tap_netns, ukdbg
 
 pytestmark = pytest.mark.kvm
 
@@ -107,18 +107,9 @@ def test_block_guest_replays_with_the_disk_file_gone(app, tmp_path):
 
 @pytest.fixture
 def netns():
-    if os.geteuid() != 0 or not shutil.which("ip") or not os.path.exists("/dev/net/tun"):
-        pytest.fail("this test needs root, iproute2 and /dev/net/tun (the CI machines have them)")
-    name = f"ukdbg-rr{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        ex = ["ip", "netns", "exec", name]
-        subprocess.run(ex + ["ip", "tuntap", "add", "tap0", "mode", "tap"], check=True)
-        subprocess.run(ex + ["sysctl", "-qw", "net.ipv6.conf.tap0.disable_ipv6=1"])
-        subprocess.run(ex + ["ip", "link", "set", "dev", "tap0", "up"], check=True)
+    need_tap_netns()
+    with tap_netns("ukdbg-rr") as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name])
 
 
 def test_net_echo_session_replays_without_a_tap(app, tmp_path, netns):

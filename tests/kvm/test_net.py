@@ -8,28 +8,16 @@ import sys
 
 import pytest
 
-from helpers import ROOT
+from helpers import ROOT, need_tap_netns, tap_netns
 
 pytestmark = pytest.mark.kvm
 
 
 @pytest.fixture
 def netns():
-    if os.geteuid() != 0 or not shutil.which("ip") or not os.path.exists("/dev/net/tun"):
-        pytest.fail("this test needs root, iproute2 and /dev/net/tun (the CI machines have them)")
-    name = f"ukdbg-t{os.getpid()}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        ex = ["ip", "netns", "exec", name]
-        subprocess.run(ex + ["ip", "tuntap", "add", "tap0", "mode", "tap"], check=True)
-        # No IPv6 on the tap: the kernel's own router/neighbour solicitations would
-        # be frames the guest echoes too.
-        subprocess.run(ex + ["sysctl", "-qw", "net.ipv6.conf.tap0.disable_ipv6=1"])
-        subprocess.run(ex + ["ip", "link", "set", "dev", "tap0", "up"], check=True)
-        subprocess.run(ex + ["ip", "tuntap", "add", "down0", "mode", "tap"], check=True)
+    need_tap_netns()
+    with tap_netns("ukdbg-t", taps=("tap0", "down0")) as name:
         yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name])
 
 
 def in_ns(ns, *args, timeout=60):

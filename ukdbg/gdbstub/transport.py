@@ -107,15 +107,17 @@ class Listener:
         self.sock = s
 
     def _abandon(self, s):
-        """No error path leaves a socket file behind."""
-        if s is not None:
-            s.close()
-        if self.path:
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
-            self.path = None
+        """Close s and remove our socket file: no path, error or not, leaves one behind."""
+        try:
+            if s is not None:
+                s.close()
+        finally:
+            if self.path:
+                try:
+                    os.unlink(self.path)
+                except OSError:
+                    pass
+                self.path = None
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -171,15 +173,7 @@ class Listener:
         return Peer(uid, True, where), None
 
     def close(self) -> None:
-        try:
-            self.sock.close()
-        finally:
-            if self.path:
-                try:
-                    os.unlink(self.path)
-                except OSError:
-                    pass
-                self.path = None
+        self._abandon(self.sock)
 
 
 def _say(msg: str) -> None:
