@@ -94,7 +94,7 @@ def machine(tmp_path_factory):
     # The flight recorder's slices clamp at the end of the mapping they cut: as in a
     # real run, give it one of exactly RAM's size (the guard page stays untouched).
     mem.raw = mmap.mmap(mem.fd, MEM, mmap.MAP_SHARED, mmap.PROT_READ)
-    mem.readonly.append(RO)
+    mem.protect(*RO)
     image = Image()
     image.manifest = manifest()
     opts = RunOptions()
@@ -108,8 +108,7 @@ def machine(tmp_path_factory):
     dev = image.manifest.find("service")
     dev.host, dev.attached, dev.mtu = tap, True, 1500
     m.net_fds[tap.fd] = dev.index
-    m.hypercalls[abi.HC_NET_WRITE] = net.net_write
-    m.hypercalls[abi.HC_NET_READ] = net.net_read
+    m.hypercalls[abi.HC_NET_WRITE], m.hypercalls[abi.HC_NET_READ] = net.handlers(m)
     m.console.fds = []
     m.tap = tap
     m.flight = FlightRecorder(m, 4)
@@ -261,3 +260,39 @@ def test_guard_page_is_real(machine):
         os._exit(0)
     _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == 7
+
+
+@settings(max_examples=400, deadline=None)
+@given(gpa=addr64, n=length, ranges=st.lists(st.tuples(st.integers(0, MEM // 4096),
+                                                      st.integers(1, 8)), max_size=3))
+def test_hot_accessors_check_as_the_methods_do(gpa, n, ranges):
+    """kvm/memory.py's bound accessors (the hypercalls' hot path) refuse exactly what
+    check()/check_guest_write() refuse, read-only ranges with gaps between them
+    included (their one-compare hull is only a fast path)."""
+    from ukdbg.errors import GuestMemoryError
+    mem = GuestMemory(MEM)
+    try:
+        for page, pages in ranges:
+            mem.protect(page * 4096, min(MEM, (page + pages) * 4096))
+        view, guest_view = mem.slicers()
+        st_n = struct.Struct(f"<{min(n, 64)}s")
+        load, _ = mem.struct_window(st_n)
+        read = mem.struct_reader(st_n)
+        pack = mem.result_packer(st_n)
+
+        def refused(fn, *a):
+            try:
+                fn(*a)
+            except GuestMemoryError:
+                return True
+            return False
+        assert refused(view, gpa, n) == refused(mem.check, gpa, n)
+        assert refused(guest_view, gpa, n) == refused(mem.check_guest_write, gpa, n)
+        m = st_n.size
+        assert refused(read, gpa) == refused(mem.check, gpa, m)
+        assert refused(load, gpa) == refused(mem.check_guest_write, gpa, m)
+        assert refused(pack, gpa, b"\1" * m) == refused(mem.check_guest_write, gpa, m)
+        with pytest.raises(RuntimeError):
+            mem.protect(0, 4096)             # the accessors hold the ranges as they were
+    finally:
+        mem.close()

@@ -38,8 +38,11 @@ class GuestMemory:
         # mmap slice clamps at its end, so no guest value reads outside guest RAM.
         self.raw = self._map
         # [start, end) ranges the guest may not have the monitor write into on its
-        # behalf (its text and rodata); the debugger may still write there.
+        # behalf (its text and rodata); the debugger may still write there. protect()
+        # adds one; _ro_hull is their [min, max) for the hypercalls' one-compare check.
         self.readonly = []
+        self._ro_hull = (0, 0)
+        self._bound = False           # hot-path accessors hold the ranges as they were
 
     @property
     def host_address(self) -> int:
@@ -64,10 +67,93 @@ class GuestMemory:
             if gpa < hi and lo < end:
                 raise GuestMemoryError(gpa, size, "is read-only guest memory")
 
+    def protect(self, lo: int, hi: int) -> None:
+        """Refuse guest-requested writes to [lo, hi) (the loader: text and rodata)."""
+        if self._bound:
+            raise RuntimeError("GuestMemory.protect() after hot-path accessors were bound")
+        self.readonly.append((lo, hi))
+        self._ro_hull = (min(a for a, _ in self.readonly), max(b for _, b in self.readonly))
+
+    # --- the hypercalls' hot path (bench/hypercalls.py) ------------------------------
+    # Handlers bind these once at set-up: each is one call doing check() (or
+    # check_guest_write()) and the access, with no method lookups. A struct or buffer
+    # clear of the read-only hull needs one compare; inside it, check_guest_write()
+    # decides. They read and write the mapping directly, so they are not seen by
+    # wrappers of the methods above (reverse/checkpoint.py marks hypercall results from
+    # the ABI instead, like the recorder).
+    def _hot(self):
+        self._bound = True
+        return self.size, self._map, self.view, self._ro_hull
+
+    def struct_reader(self, st: struct.Struct):
+        """read(gpa) -> st's fields, after check(gpa, st.size) (arguments only)."""
+        size, mp, _, _ = self._hot()
+        n, unpack_from = st.size, st.unpack_from
+        limit = size - n
+
+        def read(gpa):
+            if 0 <= gpa <= limit:
+                return unpack_from(mp, gpa)
+            raise GuestMemoryError(gpa, n)
+        return read
+
+    def struct_window(self, st: struct.Struct):
+        """(load, mapping): load(gpa) -> st's fields, after checking the whole struct as
+        guest_write() does; its results may then be packed into mapping at gpa+offset."""
+        size, mp, _, (ro_lo, ro_hi) = self._hot()
+        n, unpack_from = st.size, st.unpack_from
+        limit = size - n
+        check = self.check_guest_write
+
+        def load(gpa):
+            if 0 <= gpa <= limit and (gpa >= ro_hi or gpa + n <= ro_lo):
+                return unpack_from(mp, gpa)
+            check(gpa, n)
+            return unpack_from(mp, gpa)
+        return load, mp
+
+    def result_packer(self, st: struct.Struct):
+        """pack(gpa, *values): pack() bound to one struct (WALLTIME's result)."""
+        size, mp, _, (ro_lo, ro_hi) = self._hot()
+        n, pack_into = st.size, st.pack_into
+        limit = size - n
+        check = self.check_guest_write
+
+        def pack(gpa, *values):
+            if not (0 <= gpa <= limit and (gpa >= ro_hi or gpa + n <= ro_lo)):
+                check(gpa, n)
+            pack_into(mp, gpa, *values)
+        return pack
+
+    def slicers(self):
+        """(view, guest_view): slice() bound once, and its guest_write() twin for a
+        buffer the guest has the monitor fill (NET_READ, BLOCK_READ)."""
+        size, _, mv, (ro_lo, ro_hi) = self._hot()
+        check = self.check_guest_write
+
+        def view(gpa, n):
+            if 0 <= gpa and 0 <= n and gpa + n <= size:
+                return mv[gpa:gpa + n]
+            raise GuestMemoryError(gpa, n)
+
+        def guest_view(gpa, n):
+            end = gpa + n
+            if not (0 <= gpa and 0 <= n and end <= size and (gpa >= ro_hi or end <= ro_lo)):
+                check(gpa, n)
+            return mv[gpa:end]
+        return view, guest_view
+
     # --- access (address first, always) --------------------------------------------------
     def read(self, gpa: int, size: int) -> bytes:
         self.check(gpa, size)
         return self._map[gpa:gpa + size]
+
+    def read_clamped(self, gpa: int, size: int) -> bytes:
+        """read() that returns zeros for bytes outside RAM instead of raising."""
+        if gpa < 0 or gpa >= self.size:
+            return bytes(max(size, 0))
+        b = self._map[gpa:gpa + size]
+        return b + bytes(size - len(b))
 
     def write(self, gpa: int, data) -> None:
         """Write as the host/debugger (ignores the guest's read-only segments)."""

@@ -118,6 +118,9 @@ RUN_VALID_REGS = 288          # u64 kvm_valid_regs (KVM_CAP_SYNC_REGS)
 RUN_SYNC_RIP = 304 + 128      # s.regs.regs.rip: kvm_sync_regs starts at 304
 # The io union and, 400 bytes on, s.regs.regs.rip: one unpack per hypercall exit.
 RUN_IO_RIP = struct.Struct("<BBHIQ384xQ")
+# exit_reason (at 8), then from 32 the above: one unpack for a whole I/O exit.
+RUN_REASON_IO_RIP = struct.Struct("<8xI20x" + RUN_IO_RIP.format.lstrip("<"))
+assert RUN_REASON_IO_RIP.size == RUN_UNION + RUN_IO_RIP.size
 
 
 # --- records ------------------------------------------------------------------------------

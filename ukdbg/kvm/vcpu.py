@@ -23,8 +23,7 @@ from .libc import ioctl, ioctl_inout
 _EINTR = _errno.EINTR
 _EAGAIN = _errno.EAGAIN
 _EFAULT = _errno.EFAULT
-_IO = uapi.RUN_IO_RIP
-_U32 = struct.Struct("<I")
+_EXIT = uapi.RUN_REASON_IO_RIP
 _MSRS = struct.Struct("<IIIIQ")      # struct kvm_msrs with one kvm_msr_entry
 
 
@@ -46,9 +45,9 @@ class VcpuFd:
                 return HOST_FAULT
             raise KvmError("KVM_RUN", e.errno) from None
         run = self.run_map
-        reason = _U32.unpack_from(run, 8)[0]
+        # The reason and the io member (meaningless for other exits) in one unpack.
+        reason, direction, size, port, count, off, rip = _EXIT.unpack_from(run)
         if reason == 2:
-            direction, size, port, count, off, rip = _IO.unpack_from(run, 32)
             n = size * count
             if off + n > len(run):
                 return Other(reason, 0)

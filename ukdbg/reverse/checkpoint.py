@@ -81,9 +81,13 @@ class DirtyTracker:
             self._orig[name] = getattr(mem, name)
         pages = self.pages
 
+        size = mem.size
+
         def mark(gpa, n):
-            if n > 0:
+            n = min(gpa + n, size) - gpa
+            if n > 0 and gpa >= 0:
                 pages.update(range(gpa // PAGE, (gpa + n - 1) // PAGE + 1))
+        self.mark = mark
 
         o = self._orig
 

@@ -141,9 +141,19 @@ class Engine:
         table = m.hypercalls
         eng = self
 
-        def wrap(fn):
+        result_ranges = abi.result_ranges
+
+        def wrap(nr, fn):
             def hypercall(m, gpa):
-                r = fn(m, gpa)
+                try:
+                    r = fn(m, gpa)
+                finally:
+                    # The handlers' writes are not seen by the tracker's wrappers
+                    # (kvm/memory.py's hot-path accessors): mark what the ABI says.
+                    if eng.store is not None:
+                        mark = eng.store.tracker.mark
+                        for a, n in result_ranges(nr, m.mem.read_clamped, gpa):
+                            mark(a, n)
                 eng.events += 1
                 if r is None and eng.stop_events:
                     return EventStop()
@@ -163,7 +173,7 @@ class Engine:
                 table[abi.HC_WALLTIME] = walltime
         for nr, fn in enumerate(table):
             if fn is not None:
-                table[nr] = wrap(fn)
+                table[nr] = wrap(nr, fn)
         if self.replayer is not None:
             return
         cons = m.console

@@ -49,6 +49,29 @@ NET_LEN_RET_OFF, NET_LEN_RET = 16, struct.Struct("<Qi")
 RET_ST = struct.Struct("<i")
 
 SOLO5_R_OK, SOLO5_R_AGAIN, SOLO5_R_EINVAL, SOLO5_R_EUNSPEC = 0, 1, 2, 3
+
+# What a hypercall may write back into guest memory: its struct (results), and for the
+# reads the buffer its (data, len) names. Reverse execution's dirty tracking marks these
+# (the handlers write through accessors nothing wraps).
+_HC_RESULT_ST = {HC_WALLTIME: HC_WALLTIME_ST, HC_POLL: HC_POLL_ST,
+                 HC_BLOCK_WRITE: HC_BLOCK_ST, HC_BLOCK_READ: HC_BLOCK_ST,
+                 HC_NET_WRITE: HC_NET_ST, HC_NET_READ: HC_NET_ST}
+
+
+def result_ranges(nr: int, read, gpa: int) -> list:
+    """[(gpa, size)] hypercall nr may have written; read(gpa, size) -> bytes reads guest
+    memory (ranges are not checked against RAM: the caller clamps them)."""
+    st = _HC_RESULT_ST.get(nr)
+    if st is None:
+        return []
+    out = [(gpa, st.size)]
+    if nr == HC_BLOCK_READ:
+        _h, _off, data, n, _r = st.unpack(read(gpa, st.size))
+        out.append((data, n))
+    elif nr == HC_NET_READ:
+        _h, data, n, _r = st.unpack(read(gpa, st.size))
+        out.append((data, n))
+    return out
 SOLO5_EXIT_ABORT = 255
 
 # §6 struct hvt_boot_info

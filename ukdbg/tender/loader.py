@@ -171,6 +171,6 @@ def load(image: Image, mem) -> None:
     for s in segs:
         mem.write(s.vaddr, memoryview(data)[s.offset:s.offset + s.filesz])
         if not s.flags & PF_W:
-            mem.readonly.append((s.start, s.end))
+            mem.protect(s.start, s.end)
     image.segments = segs
     image.kernel_end = max(s.end for s in segs)

@@ -39,16 +39,17 @@ def run(m):
     record = flight.append if flight is not None else None
     raw = m.mem.raw                     # slices clamp at the end: never out of RAM
     mono = _mono
+    io_out, pio_base, hc_max, from_bytes = IoOut, _PIO_BASE, _HC_MAX, int.from_bytes
     while True:
         if events.pending or events.stop_request is not None:
             stop = events.service(())
             if stop is not None:
                 return stop
         ex = vcpu_run()
-        if ex.__class__ is IoOut:
-            nr = ex.port - _PIO_BASE
-            if 0 <= nr < _HC_MAX and ex.size == 4:
-                gpa = int.from_bytes(ex.data, "little")
+        if ex.__class__ is io_out:
+            nr = ex.port - pio_base
+            if 0 <= nr < hc_max and ex.size == 4:
+                gpa = from_bytes(ex.data, "little")
                 counts[nr] += 1
                 if observers:
                     for obs in list(observers):
