@@ -111,3 +111,58 @@ def test_ctrl_c_byte_interrupts_and_acks_continue(fixtures_dir):
         assert b"10:" in r and b"07:" in r and b"06:" in r  # rip, rsp, rbp expedited
         assert c.packet(b"vKill;1") == b"OK"
         assert g.wait() == 137
+
+
+def _expedited(reply):
+    """{regnum: value} of a T stop reply's `NN:hex;` fields."""
+    out = {}
+    for field in reply[3:].split(b";"):
+        k, _, v = field.partition(b":")
+        if len(k) == 2 and all(c in b"0123456789abcdef" for c in k) and v:
+            out[int(k, 16)] = int.from_bytes(bytes.fromhex(v.decode()), "little")
+    return out
+
+
+def _g_value(g_reply, regnum):
+    """Register regnum (0-16: the 8-byte GPRs and rip) of a `g` reply."""
+    return int.from_bytes(bytes.fromhex(g_reply[16 * regnum:16 * regnum + 16].decode()),
+                          "little")
+
+
+def test_expedited_registers_in_stop_replies_match_g(fixtures_dir):
+    """The registers a T reply carries (read from kvm_run's mirror while a debugger
+    is attached) are those `g` reads, at every kind of stop and after a write."""
+    tick = symbol("tick", "tick")
+    with Guest("tick", 3) as g:
+        c = RawClient(g.address)
+        assert c.packet(b"QStartNoAckMode") == b"OK"
+        stops = []
+
+        def stop(body):
+            r = c.packet(body)
+            stops.append((r, c.packet(b"g")))          # `g` right after the stop
+            return r
+        stop(b"?")
+        assert c.packet(b"Z0,%x,1" % tick) == b"OK"
+        assert b"swbreak" in stop(b"vCont;c")          # to the breakpoint
+        assert c.packet(b"z0,%x,1" % tick) == b"OK"
+        for _ in range(6):
+            stop(b"vCont;s")
+        # A register write, then a step: the mirror follows the write.
+        sp = _g_value(stops[-1][1], 7)
+        assert c.packet(b"P6=%s" % (sp + 0x40).to_bytes(8, "little").hex().encode()) == b"OK"
+        stop(b"?")
+        stop(b"vCont;s")
+        rips = set()
+        for r, full in stops:
+            assert r.startswith(b"T05"), r
+            exp = _expedited(r)
+            assert {6, 7, 16} <= set(exp), r           # rbp, rsp, rip at least
+            for regnum, value in exp.items():
+                assert value == _g_value(full, regnum), (r, regnum)
+            rips.add(exp[16])
+        assert len(rips) >= 7                           # the steps moved rip
+        assert _expedited(stops[-2][0])[6] == sp + 0x40      # rbp as written
+        assert c.packet(b"D") == b"OK"
+        c.close()
+        assert g.wait() == 0

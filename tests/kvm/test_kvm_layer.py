@@ -207,3 +207,49 @@ def test_registers_round_trip(make_vm):
     assert struct.unpack_from("<I", back, 24)[0] == 0x1FA0
     assert back[160:160 + 256] == bytes(range(255, -1, -1))
     assert 0 in v.vcpu.get_xcrs()
+
+
+def test_synced_registers_match_the_ioctls(make_vm):
+    """KVM_CAP_SYNC_REGS: with the mirror on, get_regs/get_sregs read kvm_run; after
+    every exit (and after set_regs/set_sregs) that equals KVM_GET_REGS/SREGS."""
+    from ukdbg.kvm.system import Kvm
+    bits = Kvm().check_extension(uapi.KVM_CAP_SYNC_REGS) & \
+        (uapi.KVM_SYNC_X86_REGS | uapi.KVM_SYNC_X86_SREGS)
+    if not bits:
+        pytest.skip("this KVM mirrors no registers (KVM_CAP_SYNC_REGS)")
+    v = make_vm(bytes.fromhex(
+        "48ffc0"          # inc rax
+        "4883c310"        # add rbx, 16
+        "0f20d8"          # mov rax, cr3
+        "4831c0"          # xor rax, rax
+        "f4"))            # hlt
+    vcpu = v.vcpu
+
+    def by_ioctl():
+        saved, vcpu._sync = vcpu._sync, 0
+        try:
+            return vcpu.get_regs(), vcpu.get_sregs()
+        finally:
+            vcpu._sync = saved
+    vcpu.set_sync_regs(bits)
+    regs = vcpu.get_regs()
+    regs.rbx = 0x1000
+    vcpu.set_regs(regs)                               # the mirror follows a write
+    sregs = vcpu.get_sregs()
+    sregs.cr2 = 0xabc000
+    vcpu.set_sregs(sregs)
+    vcpu.set_guest_debug(uapi.KVM_GUESTDBG_ENABLE | uapi.KVM_GUESTDBG_SINGLESTEP)
+    rips = []
+    for _ in range(4):
+        r, s = by_ioctl()
+        if bits & uapi.KVM_SYNC_X86_REGS:
+            assert vcpu.get_regs() == r
+        if bits & uapi.KVM_SYNC_X86_SREGS:
+            assert vcpu.get_sregs().pack() == s.pack() and s.cr2 == 0xabc000
+        rips.append(r.rip)
+        assert isinstance(vcpu.run(), Debug)             # one instruction
+    r, _ = by_ioctl()
+    assert vcpu.get_regs() == r and r.rbx == 0x1010 and r.rax == 0
+    assert rips == [CODE, CODE + 3, CODE + 7, CODE + 10]
+    vcpu.set_sync_regs(0)
+    assert vcpu.get_regs() == r

@@ -43,6 +43,11 @@ class FakeVcpu:
     def set_guest_debug(self, control, dr):
         self.debug.append((control, tuple(dr)))
 
+    sync_bits = 0
+
+    def set_sync_regs(self, bits):
+        self.sync_bits = bits
+
     def translate(self, gva):
         return (gva, True) if 0x10000 <= gva < MEM else None
 

@@ -12,6 +12,7 @@ skipped, and single-stepping never executes a planted int3.
 import errno
 
 from ..errors import TargetError
+from ..kvm import uapi
 from ..kvm.exits import Mmio
 from ..target import Breakpoint, Crashed, Exited, Interrupted, Killed, SIGKILL, Stepped
 from ..tender import flight, loop
@@ -19,6 +20,7 @@ from ..tender.machine import HANDLED
 from .watch import Watchpoints
 
 OWNER = "gdb"
+SYNC_BITS = uapi.KVM_SYNC_X86_REGS | uapi.KVM_SYNC_X86_SREGS
 PAGE = 4096
 _TF = 1 << 8
 
@@ -46,6 +48,11 @@ class LiveDebugger:
         """A debugger arrived: its breakpoints get hits, guest faults stop it."""
         self.attached = True
         self.dc.handlers[OWNER] = self.on_debug
+        # Registers mirrored into kvm_run at every exit: a stop costs no register
+        # ioctl (vcpu.py set_sync_regs).
+        v = self.m.vcpu
+        self._sync_before = v.sync_bits
+        v.set_sync_regs(v.sync_bits | (self.m.caps.get("sync_regs", 0) & SYNC_BITS))
         traps = getattr(self.m, "traps", None)
         if traps is not None:
             traps.policy = "stop"
@@ -62,6 +69,7 @@ class LiveDebugger:
         self.watch.clear()
         self.stepping = False
         self.dc.set_single_step(False)
+        self.m.vcpu.set_sync_regs(getattr(self, "_sync_before", 0))
         traps = getattr(self.m, "traps", None)
         if traps is not None:
             traps.policy = "continue"

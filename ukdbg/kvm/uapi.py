@@ -59,8 +59,9 @@ KVM_CAP_GET_TSC_KHZ = 61
 KVM_CAP_READONLY_MEM = 81
 KVM_CAP_IMMEDIATE_EXIT = 136
 KVM_CAP_XSAVE2 = 208
-KVM_CAP_SYNC_REGS = 74
+KVM_CAP_SYNC_REGS = 74                # the KVM_SYNC_X86_* bits kvm_run can mirror
 KVM_SYNC_X86_REGS = 1 << 0
+KVM_SYNC_X86_SREGS = 1 << 1
 
 # --- memory slots -------------------------------------------------------------------
 KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
@@ -115,7 +116,9 @@ RUN_INTERNAL = struct.Struct("<II")       # suberror, ndata; then u64 data[16] a
 RUN_FAIL_ENTRY = struct.Struct("<QI")     # hardware_entry_failure_reason, cpu
 RUN_HW = struct.Struct("<Q")              # hardware_exit_reason
 RUN_VALID_REGS = 288          # u64 kvm_valid_regs (KVM_CAP_SYNC_REGS)
-RUN_SYNC_RIP = 304 + 128      # s.regs.regs.rip: kvm_sync_regs starts at 304
+RUN_SYNC_REGS = 304           # union s: struct kvm_sync_regs, kvm_regs first
+RUN_SYNC_SREGS = RUN_SYNC_REGS + 144
+RUN_SYNC_RIP = RUN_SYNC_REGS + 128      # s.regs.regs.rip
 # The io union and, 400 bytes on, s.regs.regs.rip: one unpack per hypercall exit.
 RUN_IO_RIP = struct.Struct("<BBHIQ384xQ")
 # exit_reason (at 8), then from 32 the above: one unpack for a whole I/O exit.
@@ -140,10 +143,22 @@ class Record:
 
     @classmethod
     def unpack(cls, buf, offset=0):
+        fill = cls.__dict__.get("_fill")
+        if fill is None:
+            fill = cls._make_fill()
         r = cls.__new__(cls)
-        for f, v in zip(cls.FIELDS, cls.ST.unpack_from(buf, offset)):
-            setattr(r, f, v)
+        fill(r, cls.ST.unpack_from(buf, offset))
         return r
+
+    @classmethod
+    def _make_fill(cls):
+        """fill(record, values): one generated assignment per field, made on first use
+        (a debugger decodes kvm_regs at every stop; a setattr loop costs 5x more)."""
+        body = "\n".join(f"    r.{f} = v[{i}]" for i, f in enumerate(cls.FIELDS)) or "    pass"
+        ns = {}
+        exec(f"def fill(r, v):\n{body}\n", ns)
+        cls._fill = staticmethod(ns["fill"])
+        return ns["fill"]
 
     def pack(self) -> bytes:
         return self.ST.pack(*[getattr(self, f) for f in self.FIELDS])

@@ -128,5 +128,5 @@ def setup(m, opts) -> None:
     if n <= 0:
         return
     m.flight = FlightRecorder(m, n)
-    if m.caps.get("sync_regs"):
+    if m.caps.get("sync_regs", 0) & 1:      # KVM_SYNC_X86_REGS
         m.vcpu.enable_sync_regs()

@@ -117,8 +117,8 @@ def _caps(kvm) -> dict:
         "debugregs": c(uapi.KVM_CAP_DEBUGREGS) > 0,
         "vcpu_events": c(uapi.KVM_CAP_VCPU_EVENTS) > 0,
         "tsc_khz": c(uapi.KVM_CAP_GET_TSC_KHZ) > 0,
+        "sync_regs": max(c(uapi.KVM_CAP_SYNC_REGS), 0),    # KVM_SYNC_X86_* bits
         "nr_memslots": c(uapi.KVM_CAP_NR_MEMSLOTS),
-        "sync_regs": c(uapi.KVM_CAP_SYNC_REGS) & uapi.KVM_SYNC_X86_REGS != 0,
     }
 
 

@@ -89,9 +89,11 @@ class MachineView(ReadOnly):
         out = bytearray()
         mem = self.m.mem
         dc = self.m.debug
-        if self._sregs is None and 0 < size <= 0x1000 - (addr & 0xFFF):
+        if self._sregs is None and 0 < size <= 0x1000 - (addr & 0xFFF) \
+                and not self.m.vcpu.sync_bits & 2:
             # One page, first use in this stop (a debugger's stack read after each
-            # step): KVM_TRANSLATE costs far less than KVM_GET_SREGS + a page walk.
+            # step): KVM_TRANSLATE costs far less than KVM_GET_SREGS + a page walk
+            # (unless kvm_run mirrors the sregs: then the walk needs no ioctl).
             t = self.m.vcpu.translate(addr) if 0 <= addr < 1 << 64 else None
             if t is not None and mem.contains(t[0], size):
                 data = mem.read(t[0], size)
