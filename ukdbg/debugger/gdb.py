@@ -8,6 +8,7 @@ session's socket is an async source too: a Ctrl-C byte ends KVM_RUN through SIGI
 stopped, reads block in events.wait, so signals to the monitor are still honoured.
 """
 
+import _signal
 import _thread
 import fcntl
 import os
@@ -99,8 +100,10 @@ class EventsChannel:
         """Signals reach their (no-op) handlers, hence the wakeup pipe, while stopped;
         they are blocked again before the guest runs (events.py)."""
         if on != self._unblocked and self.m.events.armed:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK if on else signal.SIG_BLOCK,
-                                   self.m.events.blocked)
+            # _signal's own function: signal.pthread_sigmask converts the old mask
+            # to a set of enums, at every resume and stop.
+            _signal.pthread_sigmask(_signal.SIG_UNBLOCK if on else _signal.SIG_BLOCK,
+                                    self.m.events.blocked)
             self._unblocked = on
 
     def _async(self, on: bool) -> None:

@@ -172,6 +172,19 @@ class PacketReader:
         return self.state == self.READY
 
     def feed(self, data) -> list:
+        # Fast path: exactly one whole packet (gdb's usual read while stepping).
+        if self.state == 0 and data[:1] == b"$":
+            j = len(data) - 3
+            if j > 0 and data[j] == 0x23 and data.find(b"#", 1, j) < 0 \
+                    and data.find(b"$", 1, j) < 0 and j - 1 <= self.max_body:
+                body = bytes(data[1:j])
+                try:
+                    cs = int(data[j + 1:], 16) if data[j + 1] in _HEXDIGITS and \
+                        data[j + 2] in _HEXDIGITS else -1
+                except ValueError:
+                    cs = -1
+                if cs >= 0:
+                    return [(PACKET, body) if cs == checksum(body) else (BAD_CHECKSUM, body)]
         events = []
         i, n = 0, len(data)
         while i < n:

@@ -26,6 +26,7 @@ _EFAULT = _errno.EFAULT
 _EXIT = uapi.RUN_REASON_IO_RIP
 _MSRS = struct.Struct("<IIIIQ")      # struct kvm_msrs with one kvm_msr_entry
 _U64 = struct.Struct("<Q")
+_PAGING = struct.Struct("<6Q")       # kvm_sregs at 224: cr0, cr2, cr3, cr4, cr8, efer
 
 
 class VcpuFd:
@@ -148,6 +149,16 @@ class VcpuFd:
         self._set(uapi.KVM_SET_REGS, "KVM_SET_REGS", raw)
         if self._sync & 1:
             self.run_map[uapi.RUN_SYNC_REGS:uapi.RUN_SYNC_REGS + len(raw)] = raw
+
+    def paging_regs(self):
+        """(cr0, cr3, cr4, efer): what a page walk needs, from the mirror when sregs
+        are mirrored (no decoding of the segments), else from KVM_GET_SREGS."""
+        if self._sync & 2:
+            cr0, _cr2, cr3, cr4, _cr8, efer = _PAGING.unpack_from(
+                self.run_map, uapi.RUN_SYNC_SREGS + 224)
+            return cr0, cr3, cr4, efer
+        s = self.get_sregs()
+        return s.cr0, s.cr3, s.cr4, s.efer
 
     def get_sregs(self) -> uapi.kvm_sregs:
         if self._sync & 2:

@@ -47,6 +47,7 @@ HC_FIELDS = {
     abi.HC_HALT: (abi.HC_HALT_ST, ("cookie", "status")),
 }
 _I32 = ("ret", "status")
+_EXIT_FIELDS = {}        # exit class -> its int fields recorded (exit())
 
 
 class FlightRecorder:
@@ -72,13 +73,17 @@ class FlightRecorder:
                      tuple(fields.items()), text))
 
     def exit(self, ex) -> None:
-        """A vCPU exit that is not a hypercall (loop.py)."""
-        f = {"reason": ex.reason}
-        for name in ("port", "addr", "length", "is_write", "exception", "pc", "suberror"):
-            v = getattr(ex, name, None)
-            if isinstance(v, (bool, int)):
-                f[name] = int(v)
-        self.add("exit", **f)
+        """A vCPU exit that is not a hypercall (loop.py; a debugger's every step)."""
+        cls = ex.__class__
+        names = _EXIT_FIELDS.get(cls)
+        if names is None:
+            names = _EXIT_FIELDS[cls] = tuple(
+                n for n in ("port", "addr", "length", "is_write", "exception", "pc",
+                            "suberror") if isinstance(getattr(ex, n, None), (bool, int)))
+        self.others += 1
+        self.append((monotonic(), self.rip(), "exit",
+                     (("reason", ex.reason),) + tuple((n, int(getattr(ex, n)))
+                                                      for n in names), ""))
 
     def total(self) -> int:
         """Events recorded since the start (loop.py records every counted hypercall)."""

@@ -79,7 +79,10 @@ class MachineView(ReadOnly):
 
     def translate(self, gva: int):
         """mmu.Translation, or a falsy mmu.WalkFailure."""
-        s = self.sregs()
+        if self._sregs is None:
+            cr0, cr3, cr4, efer = self.m.vcpu.paging_regs()    # mirrored: no decoding
+            return mmu.walk(self._read_u64_phys, cr0, cr3, cr4, efer, gva)
+        s = self._sregs
         return mmu.walk(self._read_u64_phys, s.cr0, s.cr3, s.cr4, s.efer, gva)
 
     def read_memory(self, addr: int, size: int) -> bytes:
