@@ -252,6 +252,8 @@ class LiveDebugger:
 
     def _stopped(self, stop):
         t = self.t
+        if self.attached:
+            self.dc.hold = True       # breakpoint changes wait for the next resume
         k = t._kregs if isinstance(stop, Stepped) else None
         t.invalidate()
         t._kregs = k

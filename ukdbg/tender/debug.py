@@ -41,6 +41,10 @@ class DebugControl:
         self.emulators = {}
         self._applied = None
         self._hooked = False
+        # While a debugger is stopped, gdb removes and re-inserts its breakpoints at
+        # every stop: KVM_SET_GUEST_DEBUG (~10-20 us here) waits for the next run
+        # (set_single_step, or loop.run's flush), which then often finds no change.
+        self.hold = False
 
     # --- address translation (guest-virtual -> guest-physical, current page tables) ---
     def translate(self, gva: int, sregs=None):
@@ -186,6 +190,8 @@ class DebugControl:
 
     # --- KVM_SET_GUEST_DEBUG -------------------------------------------------------------------
     def apply(self) -> None:
+        if self.hold:
+            return
         control = 0
         dr = [0] * 8
         if self.sw:
@@ -205,8 +211,14 @@ class DebugControl:
             self.m.vcpu.set_guest_debug(control, dr)
             self._applied = key
 
+    def flush(self) -> None:
+        """Apply what a stopped debugger changed (before the guest runs)."""
+        self.hold = False
+        self.apply()
+
     def set_single_step(self, on: bool) -> None:
         self.single_step = on
+        self.hold = False
         if on:
             self._install_hook()
         self.apply()

@@ -40,6 +40,8 @@ def run(m):
     raw = m.mem.raw                     # slices clamp at the end: never out of RAM
     mono = _mono
     io_out, pio_base, hc_max, from_bytes = IoOut, _PIO_BASE, _HC_MAX, int.from_bytes
+    if m.debug is not None and m.debug.hold:
+        m.debug.flush()                 # a stopped debugger's breakpoint changes
     while True:
         if events.pending or events.stop_request is not None:
             stop = events.service(())
