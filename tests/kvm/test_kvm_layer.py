@@ -246,6 +246,7 @@ def test_synced_registers_match_the_ioctls(make_vm):
             assert vcpu.get_regs() == r
         if bits & uapi.KVM_SYNC_X86_SREGS:
             assert vcpu.get_sregs().pack() == s.pack() and s.cr2 == 0xabc000
+        assert vcpu.paging_regs() == (s.cr0, s.cr3, s.cr4, s.efer)
         rips.append(r.rip)
         assert isinstance(vcpu.run(), Debug)             # one instruction
     r, _ = by_ioctl()

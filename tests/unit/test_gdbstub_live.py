@@ -40,6 +40,10 @@ class FakeVcpu:
     def get_sregs(self):
         return uapi.kvm_sregs.unpack(self.sregs.pack())
 
+    def paging_regs(self):
+        s = self.sregs
+        return s.cr0, s.cr3, s.cr4, s.efer
+
     def set_guest_debug(self, control, dr):
         self.debug.append((control, tuple(dr)))
 

@@ -49,12 +49,15 @@ class DebugControl:
     # --- address translation (guest-virtual -> guest-physical, current page tables) ---
     def translate(self, gva: int, sregs=None):
         """gpa for gva, or None when unmapped (walks the guest's tables)."""
-        s = sregs or self.m.vcpu.get_sregs()
+        if sregs is not None:
+            cr0, cr3, cr4, efer = sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer
+        else:
+            cr0, cr3, cr4, efer = self.m.vcpu.paging_regs()
         mem = self.m.mem
 
         def rd(gpa):
             return mem.read_u64(gpa) if mem.contains(gpa, 8) else None
-        t = mmu.walk(rd, s.cr0, s.cr3, s.cr4, s.efer, gva)
+        t = mmu.walk(rd, cr0, cr3, cr4, efer, gva)
         if not t or not mem.contains(t.gpa, 1):
             return None
         return t.gpa
