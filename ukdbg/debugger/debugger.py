@@ -304,7 +304,7 @@ class LiveDebugger:
     def add_sw_breakpoint(self, addr: int) -> bool:
         if addr in self.sw:
             return True
-        if not self.dc.add_sw_many((addr,), OWNER, self.t.sregs()):
+        if not self.dc.add_sw_many((addr,), OWNER, self.t.paging()):
             return False
         self.sw.add(addr)
         return True
@@ -313,7 +313,7 @@ class LiveDebugger:
         if addr not in self.sw:
             return False
         self.sw.discard(addr)
-        return self.dc.remove_sw(addr, OWNER, self.t.sregs())
+        return self.dc.remove_sw(addr, OWNER, self.t.paging())
 
     def add_hw_breakpoint(self, addr: int) -> bool:
         if not self.dc.add_hw(addr):

@@ -48,11 +48,14 @@ class DebugControl:
 
     # --- address translation (guest-virtual -> guest-physical, current page tables) ---
     def translate(self, gva: int, sregs=None):
-        """gpa for gva, or None when unmapped (walks the guest's tables)."""
-        if sregs is not None:
-            cr0, cr3, cr4, efer = sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer
-        else:
+        """gpa for gva, or None when unmapped (walks the guest's tables). sregs: the
+        kvm_sregs or (cr0, cr3, cr4, efer) to walk with (default: the vCPU's now)."""
+        if sregs is None:
             cr0, cr3, cr4, efer = self.m.vcpu.paging_regs()
+        elif sregs.__class__ is tuple:
+            cr0, cr3, cr4, efer = sregs
+        else:
+            cr0, cr3, cr4, efer = sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer
         mem = self.m.mem
 
         def rd(gpa):
@@ -80,7 +83,7 @@ class DebugControl:
     def add_sw_many(self, gvas, owner: str, sregs=None) -> list:
         """add_sw for many addresses with one translation context and one
         KVM_SET_GUEST_DEBUG; returns the addresses planted."""
-        sregs = sregs or self.m.vcpu.get_sregs()
+        sregs = sregs or self.m.vcpu.paging_regs()
         done = []
         for gva in gvas:
             gpa = self.translate(gva, sregs)

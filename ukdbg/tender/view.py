@@ -43,6 +43,16 @@ class MachineView(ReadOnly):
             self._sregs = self.m.vcpu.get_sregs()
         return self._sregs
 
+    def paging(self):
+        """(cr0, cr3, cr4, efer) now: a page walk's context, without decoding the
+        segments when kvm_run mirrors the sregs."""
+        s = self._sregs
+        if s is None:
+            if self.m.vcpu.sync_bits & 2:
+                return self.m.vcpu.paging_regs()
+            s = self.sregs()                  # one KVM_GET_SREGS per stop
+        return s.cr0, s.cr3, s.cr4, s.efer
+
     # --- registers ---------------------------------------------------------------------------
     def read_registers(self):
         """arch.x86_64.Regs: the faulting context at a caught fault, else the vCPU's."""
@@ -79,11 +89,8 @@ class MachineView(ReadOnly):
 
     def translate(self, gva: int):
         """mmu.Translation, or a falsy mmu.WalkFailure."""
-        if self._sregs is None:
-            cr0, cr3, cr4, efer = self.m.vcpu.paging_regs()    # mirrored: no decoding
-            return mmu.walk(self._read_u64_phys, cr0, cr3, cr4, efer, gva)
-        s = self._sregs
-        return mmu.walk(self._read_u64_phys, s.cr0, s.cr3, s.cr4, s.efer, gva)
+        cr0, cr3, cr4, efer = self.paging()
+        return mmu.walk(self._read_u64_phys, cr0, cr3, cr4, efer, gva)
 
     def read_memory(self, addr: int, size: int) -> bytes:
         """Guest-virtual read; may return short at an unmapped page, raises
