@@ -11,7 +11,9 @@ Each run starts a fresh `ukdbg run --gdb ... --gdb-wait` on a fixture and a fres
   bp         500 x `continue` to `break tick`                        -> hits/s
   interrupt  SIGINT to gdb while the guest spins (loop), to the stop -> ms
   packets    gdb->stub packets per stepi and per breakpoint hit (remotelogfile)
-stepi and bp also run, with the same gdb script, against two baselines built from
+stepi and bp print, per operation, the CPU time of gdb and of the stub's process (the
+monitor, gdbserver) next to the rate: a ping-pong's wall time is about their sum plus
+the wake-ups. stepi and bp also run, with the same gdb script, against two baselines built from
 bench/native/tick.c (the same loop as the `tick` fixture, gcc -O0 -g):
   native     stock gdb on the Linux process (ptrace): the fastest baseline there is
   gdbserver  the process under gdbserver, gdb attached over TCP (loopback)
@@ -92,6 +94,7 @@ def one(mode, env_extra=None, remotelog=False, target="ukdbg", native=None):
             if b"listening" not in line:
                 return {"ok": False, "error": line.decode(errors="replace")}
         env = dict(os.environ, BENCH_MODE=mode, BENCH_ADDR=addr,
+                   BENCH_PID=str(vmm.pid) if vmm is not None else "",
                    BENCH_ARGS=" ".join(args),
                    BENCH_RESULT=os.path.join(tmp, "r.json"),
                    BENCH_READY=os.path.join(tmp, "ready"),
@@ -206,7 +209,16 @@ def main():
                 if vals:
                     meds[t] = statistics.median(vals)
                 label = mode if t == "ukdbg" else f"  {t}"
-                print(f"  {label:12s} {summary(vals, unit, d)}"
+                cpu = [(r["gdb_cpu_us"], r.get("stub_cpu_us")) for r in runs[t]
+                       if r.get("ok") and "gdb_cpu_us" in r]
+                cpu_s = ""
+                if cpu:
+                    # Where a stop's time goes: gdb's own CPU, and the stub's (the
+                    # monitor or gdbserver; the native baseline has none).
+                    cpu_s = f"  cpu/op: gdb {statistics.median(c[0] for c in cpu):.0f} us"
+                    if all(c[1] is not None for c in cpu):
+                        cpu_s += f", stub {statistics.median(c[1] for c in cpu):.0f} us"
+                print(f"  {label:12s} {summary(vals, unit, d)}{cpu_s}"
                       + (f"  [{len(bad)} failed: {bad[0].get('error', bad[0])}]"
                          if bad else ""))
             best = {t: max(r[key] for r in runs[t] if r.get("ok") and key in r)

@@ -30,6 +30,30 @@ def frame_name():
         return None
 
 
+def cpu_now():
+    """(gdb's CPU seconds, the stub's: user + system, of BENCH_PID, or None)."""
+    t = os.times()
+    stub = None
+    pid = E.get("BENCH_PID")
+    if pid:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            stub = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            pass
+    return t.user + t.system, stub
+
+
+def cpu_per_op(c0, n):
+    """us of CPU per operation, gdb's and the stub's, since c0 = cpu_now()."""
+    c1 = cpu_now()
+    out = {"gdb_cpu_us": (c1[0] - c0[0]) / n * 1e6}
+    if c0[1] is not None and c1[1] is not None:
+        out["stub_cpu_us"] = (c1[1] - c0[1]) / n * 1e6
+    return out
+
+
 def log_marker(tag):
     # A packet the remote log shows, to count the packets of one phase.
     try:
@@ -63,10 +87,12 @@ def main():
         run("delete")
         pc0 = int(gdb.parse_and_eval("$pc"))
         log_marker("start")
+        c0 = cpu_now()
         t0 = time.perf_counter()
         for _ in range(n):
             gdb.execute("stepi", to_string=True)
         dt = time.perf_counter() - t0
+        res.update(cpu_per_op(c0, n))
         log_marker("end")
         res.update(steps=n, seconds=dt, per_s=n / dt, moved=int(gdb.parse_and_eval("$pc")) != pc0)
         res["ok"] = res["moved"]
@@ -86,10 +112,12 @@ def main():
     elif MODE == "bp":
         n = int(E.get("BENCH_HITS", "1000"))
         log_marker("start")
+        c0 = cpu_now()
         t0 = time.perf_counter()
         for _ in range(n):
             gdb.execute("continue", to_string=True)
         dt = time.perf_counter() - t0
+        res.update(cpu_per_op(c0, n))
         log_marker("end")
         tc = int(gdb.parse_and_eval("tick_count"))
         res.update(hits=n, seconds=dt, per_s=n / dt, tick_count=tc)
