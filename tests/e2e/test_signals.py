@@ -153,3 +153,24 @@ def test_core_on_signal_keeps_the_guest_and_the_control_socket(app, rt, tmp_path
         assert m.wait() == 143
     finally:
         m.close()
+
+
+def test_a_busy_polling_guest_is_served_and_ends_on_sigterm(app, rt, tmp_path):
+    """POLL with a zero timeout skips the wait (modules/core.py): the monitor's signals
+    stay blocked through it and end the next KVM_RUN, so a guest that does nothing but
+    poll still answers control requests and still ends on SIGTERM."""
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(4096))
+    m = Monitor(rt, "--mem=8", f"--block:storage={disk}", app("rrbench"), "poll 2000000000",
+                cwd=str(tmp_path))
+    try:
+        r = rt.cli("status", "--json", m.pid)
+        assert r.returncode == 0, r.stderr
+        before = json.loads(r.stdout)["hypercalls"]["poll"]
+        r = rt.cli("status", "--json", m.pid)
+        assert json.loads(r.stdout)["hypercalls"]["poll"] > before > 0
+        m.proc.send_signal(signal.SIGTERM)
+        assert m.wait() == 143
+        assert "received SIGTERM, guest stopped" in m.stderr()
+    finally:
+        m.close()
