@@ -112,18 +112,19 @@ class GuestMemory:
             return unpack_from(mp, gpa)
         return load, mp
 
-    def result_packer(self, st: struct.Struct):
-        """pack(gpa, *values): pack() bound to one struct (WALLTIME's result)."""
+    def result_handler(self, st: struct.Struct, value):
+        """handler(m, gpa): packs value() into st at gpa, checked as pack() is. A whole
+        hypercall handler in one call (WALLTIME's, with value time.time_ns)."""
         size, mp, _, (ro_lo, ro_hi) = self._hot()
         n, pack_into = st.size, st.pack_into
         limit = size - n
         check = self.check_guest_write
 
-        def pack(gpa, *values):
+        def handler(m, gpa):
             if not (0 <= gpa <= limit and (gpa >= ro_hi or gpa + n <= ro_lo)):
                 check(gpa, n)
-            pack_into(mp, gpa, *values)
-        return pack
+            pack_into(mp, gpa, value())
+        return handler
 
     def slicers(self):
         """(view, guest_view): slice() bound once, and its guest_write() twin for a

@@ -16,13 +16,9 @@ def setup(m, opts) -> None:
     # (kvm/memory.py); console.write is looked up per call (reverse execution wraps it).
     mem = m.mem
     console = m.console
-    time_ns = time.time_ns
-    put_time = mem.result_packer(_WALL)
+    walltime = mem.result_handler(_WALL, time.time_ns)
     puts_args = mem.struct_reader(_PUTS)
     view, _ = mem.slicers()
-
-    def walltime(m, gpa):
-        put_time(gpa, time_ns())
 
     def puts(m, gpa):
         data, n = puts_args(gpa)
