@@ -197,6 +197,10 @@ def measure(trees, n):
         # Installed packages have their bytecode compiled; make sure ours is too.
         subprocess.run([py, "-m", "compileall", "-q", os.path.join(t.src, "ukdbg")],
                        check=True)
+        if os.path.exists(os.path.join(t.src, "ukdbg", "preload.py")):
+            # and the run path's module cache (`ukdbg run` would build it at once)
+            subprocess.run([py, "-m", "ukdbg.preload"], check=True, cwd=t.src, env=t.env,
+                           stdout=subprocess.DEVNULL)
     for _ in range(3):        # warm the page cache
         timed([py, "-c", "pass"], base_env)
         for t in trees:

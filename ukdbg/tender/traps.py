@@ -59,11 +59,18 @@ class TrapHooks:
     def arm(self, s) -> None:
         dc = self.m.debug_control()
         handlers = {}
+        pages = {}                   # one page walk per page, not one per gate
         for v in HOOK_VECTORS:
             off = v * 16
             if off + 15 > s.idt.limit:
                 break
-            gpa = dc.translate(s.idt.base + off, s)
+            gva = s.idt.base + off
+            page = gva >> 12
+            if page not in pages:
+                pages[page] = dc.translate(page << 12, s)
+            gpa = pages[page]
+            if gpa is not None:
+                gpa += gva & 0xFFF
             if gpa is None or not self.m.mem.contains(gpa, 16):
                 continue
             lo, _sel, _ist, attr, mid, hi, _ = _GATE.unpack(self.m.mem.read(gpa, 16))
