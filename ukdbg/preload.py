@@ -57,6 +57,7 @@ def load(path=None) -> bool:
     loader_cls = sys.modules["_frozen_importlib_external"].SourceFileLoader
     module = type(sys)
     mods = sys.modules
+    pyc = f".{sys.implementation.cache_tag}.pyc"
     for name, path, is_pkg, code in entries:
         if name in mods:
             continue
@@ -64,6 +65,9 @@ def load(path=None) -> bool:
         loader = loader_cls(name, path)
         spec = bootstrap.ModuleSpec(name, loader, origin=path, is_package=is_pkg)
         spec.has_location = True
+        head, _, tail = path.rpartition("/")
+        # spec.cached would compute this through importlib's path helpers (~10 us)
+        spec.cached = f"{head}/__pycache__/{tail[:-3]}{pyc}"
         m = module(name)
         m.__file__ = path
         m.__loader__ = loader
