@@ -31,7 +31,7 @@ ROOTS = ("ukdbg.cli", "ukdbg.run", "ukdbg.kvm.vm", "ukdbg.kvm.vcpu",
          "ukdbg.tender.modules.control", "ukdbg.sandbox", "ukdbg.tender.debug")
 
 PKG_DIR = os.path.dirname(os.path.abspath(__file__))
-TAG = "UKPL1"
+TAG = b"UKP2"
 
 
 def cache_path() -> str:
@@ -50,47 +50,61 @@ def enabled() -> bool:
 def load(path=None) -> bool:
     """Run the cached modules not imported yet. False (nothing run) when the file is
     missing, stale or not trustworthy: the caller imports normally."""
-    entries = _read(path or cache_path())
-    if entries is None:
+    opened = _open(path or cache_path())
+    if opened is None:
         return False
+    mm, index, base = opened
     bootstrap = sys.modules["_frozen_importlib"]
     loader_cls = sys.modules["_frozen_importlib_external"].SourceFileLoader
     module = type(sys)
     mods = sys.modules
     pyc = f".{sys.implementation.cache_tag}.pyc"
-    for name, path, is_pkg, code in entries:
-        if name in mods:
-            continue
-        parent, _, child = name.rpartition(".")
-        loader = loader_cls(name, path)
-        spec = bootstrap.ModuleSpec(name, loader, origin=path, is_package=is_pkg)
-        spec.has_location = True
-        head, _, tail = path.rpartition("/")
-        # spec.cached would compute this through importlib's path helpers (~10 us)
-        spec.cached = f"{head}/__pycache__/{tail[:-3]}{pyc}"
-        m = module(name)
-        m.__file__ = path
-        m.__loader__ = loader
-        m.__spec__ = spec
-        m.__cached__ = spec.cached
-        if is_pkg:
-            m.__path__ = spec.submodule_search_locations = [os.path.dirname(path)]
-            m.__package__ = name
-        else:
-            m.__package__ = parent
-        mods[name] = m
-        try:
-            exec(code, m.__dict__)
-        except BaseException:
-            del mods[name]
-            raise
-        if parent:
-            setattr(mods[parent], child, m)
+    try:
+        with memoryview(mm) as view:
+            for name, path, is_pkg, off, size in index:
+                if name in mods:
+                    continue
+                # One module's code at a time, dropped after it ran: the peak stays
+                # that of an import (each page of it is a fault, ~12 us here).
+                code = marshal.loads(view[base + off:base + off + size])
+                parent, _, child = name.rpartition(".")
+                loader = loader_cls(name, path)
+                spec = bootstrap.ModuleSpec(name, loader, origin=path, is_package=is_pkg)
+                spec.has_location = True
+                head, _, tail = path.rpartition("/")
+                # spec.cached would compute this through importlib's helpers (~10 us)
+                spec.cached = f"{head}/__pycache__/{tail[:-3]}{pyc}"
+                m = module(name)
+                m.__file__ = path
+                m.__loader__ = loader
+                m.__spec__ = spec
+                m.__cached__ = spec.cached
+                if is_pkg:
+                    m.__path__ = spec.submodule_search_locations = [head]
+                    m.__package__ = name
+                else:
+                    m.__package__ = parent
+                mods[name] = m
+                try:
+                    exec(code, m.__dict__)
+                except BaseException:
+                    del mods[name]
+                    raise
+                del code
+                if parent:
+                    setattr(mods[parent], child, m)
+    finally:
+        mm.close()
     return True
 
 
-def _read(path):
-    """[(name, path, is_pkg, code)] if the file is ours and every source unchanged."""
+def _open(path):
+    """(mapping, index, offset of the code) if the file is ours and every source is
+    unchanged, else None. index: [(name, path, is_package, offset, size)].
+
+    The file is mapped, not read: a read would fault in ~75 fresh heap pages for the
+    buffer (~12 us each on this nested-KVM host); the page cache's pages come in 16 at
+    a time."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except OSError:
@@ -99,23 +113,29 @@ def _read(path):
         st = os.fstat(fd)
         # A regular file of this user (or root), that no one else may write.
         if (st.st_mode & 0o170000 != 0o100000 or st.st_mode & 0o022
-                or st.st_uid not in (os.geteuid(), 0)):
+                or st.st_uid not in (os.geteuid(), 0) or st.st_size < 12):
             return None
-        data = os.read(fd, st.st_size + 1)
-    finally:
-        os.close(fd)
-    try:
-        tag, magic, stamps, blob = marshal.loads(data)
-        if tag != TAG or magic != _magic():
+        head = os.pread(fd, 8, 0)
+        n = int.from_bytes(head[4:8], "little")
+        if head[:4] != TAG or 8 + n > st.st_size:
+            return None
+        magic, stamps, index = marshal.loads(os.pread(fd, n, 8))
+        if magic != _magic():
             return None
         for p, size, mtime in stamps:
             s = os.stat(p)
             if s.st_size != size or s.st_mtime_ns != mtime:
                 return None
-        entries = marshal.loads(blob)
+        base = 8 + n
+        for _name, _path, _pkg, off, size in index:
+            if off < 0 or size <= 0 or base + off + size > st.st_size:
+                return None
+        import mmap
+        return mmap.mmap(fd, st.st_size, mmap.MAP_PRIVATE, mmap.PROT_READ), index, base
     except (OSError, ValueError, EOFError, TypeError):
         return None
-    return entries
+    finally:
+        os.close(fd)
 
 
 # --- building (only when the file is missing or stale) ---------------------------------
@@ -190,8 +210,14 @@ def build(path=None) -> list:
     me = os.path.abspath(__file__)
     st = os.stat(me)
     stamps.append((me, st.st_size, st.st_mtime_ns))       # ROOTS live here
-    entries = [(n, *code[n][:2], code[n][2]) for n in order]
-    data = marshal.dumps((TAG, _magic(), stamps, marshal.dumps(entries)))
+    index, blobs, off = [], [], 0
+    for n in order:
+        src, is_pkg, c = code[n]
+        blobs.append(marshal.dumps(c))
+        index.append((n, src, is_pkg, off, len(blobs[-1])))
+        off += len(blobs[-1])
+    head = marshal.dumps((_magic(), stamps, index))
+    data = TAG + len(head).to_bytes(4, "little") + head + b"".join(blobs)
     path = path or cache_path()
     tmp = f"{path}.{os.getpid()}.tmp"
     os.makedirs(os.path.dirname(path), exist_ok=True)
