@@ -3,7 +3,7 @@
 Page tables, the boot GDT, and the register values at the first instruction.
 """
 
-import struct
+import _struct as struct  # not struct.py: one import less at start-up
 
 from ..kvm import uapi
 from . import abi

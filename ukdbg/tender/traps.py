@@ -13,7 +13,7 @@ A guest that faults before its first hypercall is not caught this way: its core 
 report then take rip/rsp/rflags from the guest's trap frame (the HALT cookie) and say so.
 """
 
-import struct
+import _struct as struct  # not struct.py: one import less at start-up
 
 from ..target import VECTORS, VECTORS_WITH_ERROR_CODE, Crashed
 from .machine import HANDLED
