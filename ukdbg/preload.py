@@ -65,7 +65,7 @@ def load(path=None) -> bool:
                 if name in mods:
                     continue
                 # One module's code at a time, dropped after it ran: the peak stays
-                # that of an import (each page of it is a fault, ~12 us here).
+                # that of an import (each new page is a fault, 2-4 us here).
                 code = marshal.loads(view[base + off:base + off + size])
                 parent, _, child = name.rpartition(".")
                 loader = loader_cls(name, path)
@@ -103,7 +103,7 @@ def _open(path):
     unchanged, else None. index: [(name, path, is_package, offset, size)].
 
     The file is mapped, not read: a read would fault in ~75 fresh heap pages for the
-    buffer (~12 us each on this nested-KVM host); the page cache's pages come in 16 at
+    buffer (2-4 us each on this nested-KVM host); the page cache's pages come in 16 at
     a time."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
