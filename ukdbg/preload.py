@@ -14,7 +14,7 @@ import system runs; the file is rebuilt (before the run: the sandbox refuses wri
 later) if the directory is writable. The dependency order comes from the sources'
 module-level imports (ast, only when building); a cycle among them is refused
 (build() raises, the run imports normally, and tests/unit/test_preload.py fails).
-`python -X importtime` and UKDBG_NO_PRELOAD=1 skip it.
+`python -X importtime`, -O and UKDBG_NO_PRELOAD=1 skip it.
 """
 
 import marshal
@@ -44,7 +44,9 @@ def _magic() -> bytes:
 
 
 def enabled() -> bool:
-    return "importtime" not in sys._xoptions and not os.environ.get("UKDBG_NO_PRELOAD")
+    # Not under -O: the cached code keeps its asserts, like the .pyc of level 0.
+    return ("importtime" not in sys._xoptions and not os.environ.get("UKDBG_NO_PRELOAD")
+            and not sys.flags.optimize)
 
 
 def load(path=None) -> bool:
@@ -192,15 +194,16 @@ def build(path=None) -> list:
         state[name] = "open"
         src, is_pkg = _source(name)
         with open(src, "rb") as f:
+            st = os.fstat(f.fileno())    # before the read: a change during it is stale
             text = f.read()
-        st = os.stat(src)
         tree = ast.parse(text, src)
         if "." in name:
             visit(name.rpartition(".")[0], chain + [name])     # and so every ancestor
         for dep in _module_imports(tree, name, is_pkg):
             if dep != name and not name.startswith(dep + "."):
                 visit(dep, chain + [name])
-        code[name] = (src, is_pkg, compile(tree, src, "exec", dont_inherit=True))
+        code[name] = (src, is_pkg, compile(tree, src, "exec", dont_inherit=True,
+                                           optimize=0))
         stamps.append((src, st.st_size, st.st_mtime_ns))
         state[name] = "done"
         order.append(name)
