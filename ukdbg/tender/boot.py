@@ -28,7 +28,7 @@ def setup_page_tables(mem, alloc_size: int) -> None:
     mem.write(abi.BOOT_PDPTE, struct.pack("<4Q", *((abi.BOOT_PDE + i * 0x1000) | PTE_P | PTE_RW
                                                    for i in range(4))))
     # Entries as ranges (address + flags, the flags below the alignment): built in C,
-    # ~0.2 ms less than a generator at every start.
+    # ~0.08 ms less than generators at every start.
     n = alloc_size // TWO_MB
     big = PTE_P | PTE_RW | PTE_PS
     mem.write(abi.BOOT_PDE, struct.pack(f"<{n}Q", abi.BOOT_PT0 | PTE_P | PTE_RW,
