@@ -10,7 +10,8 @@ All commands run alternately (this host's timings drift), N times each. Per gues
   interpreter start   `python -c pass`, median
   guest run           first KVM_RUN to the guest's HALT, --no-control, measured
                       in a fresh interpreter after one warm-up run (the guest's own
-                      time, plus the monitor's per-hypercall work)
+                      time, plus the monitor's per-hypercall work), with the garbage
+                      collector set as `ukdbg run` sets it
   ukdbg's own part    total - interpreter start - guest run, per round, median:
                       imports, set-up, the control socket, teardown. Goal: <= 6 ms
 ukdbg's own part and the socket's opening are also given in CPU time (user + system, of
@@ -99,12 +100,19 @@ from ukdbg import run as R
 # tree from before the sandbox has no such option.
 flags = ["--no-control"] + (["--no-sandbox"] if os.path.exists(
     os.path.join(os.path.dirname(R.__file__), "sandbox.py")) else [])
+# The measured run as `ukdbg run` makes it: where the CLI keeps the collector off for
+# the set-up and freezes what it made (run_main's `exiting`), so does this run.
+kw = {"exiting": True} if "exiting" in R.run_main.__code__.co_varnames else {}
 fd = os.dup(1); nul = os.open(os.devnull, os.O_WRONLY); os.dup2(nul, 1)
 try:
     R.run_main(flags + sys.argv[1:])     # warm: what it imports is start-up
     marks = [("start", time.perf_counter(), time.process_time())]
+    if kw:
+        import gc
+        gc.disable()
     R.run_main(flags + sys.argv[1:],
-               mark=lambda p: marks.append((p, time.perf_counter(), time.process_time())))
+               mark=lambda p: marks.append((p, time.perf_counter(), time.process_time())),
+               **kw)
 finally:
     os.dup2(fd, 1); os.close(fd); os.close(nul)
 print(" ".join(f"{p}={(t - marks[i][1]) * 1000} {p}_cpu={(c - marks[i][2]) * 1000}"
@@ -185,6 +193,14 @@ class Tree:
         self.open = []
         self.leaked = {}
 
+    def import_code(self, imports):
+        """The run path's imports as `ukdbg run` makes them: from the module cache
+        (ukdbg/preload.py, with the collector off) in a tree that has one."""
+        if os.path.exists(os.path.join(self.src, "ukdbg", "preload.py")):
+            return "import gc; gc.disable(); from ukdbg import preload; preload.preload(); " \
+                + imports
+        return imports
+
 
 def measure(trees, n):
     py = sys.executable
@@ -192,11 +208,15 @@ def measure(trees, n):
     if not os.path.exists(ukdbg):
         sys.exit("the ukdbg console script is not installed in this venv (pip install -e .)")
     base_env = tree_env(None)
-    imports = [py, "-c", "import " + ", ".join(RUN_PATH_IMPORTS)]
+    imports = "import " + ", ".join(RUN_PATH_IMPORTS)
     for t in trees:
         # Installed packages have their bytecode compiled; make sure ours is too.
         subprocess.run([py, "-m", "compileall", "-q", os.path.join(t.src, "ukdbg")],
                        check=True)
+        if os.path.exists(os.path.join(t.src, "ukdbg", "preload.py")):
+            # and the run path's module cache (`ukdbg run` would build it at once)
+            subprocess.run([py, "-m", "ukdbg.preload"], check=True, cwd=t.src, env=t.env,
+                           stdout=subprocess.DEVNULL)
     for _ in range(3):        # warm the page cache
         timed([py, "-c", "pass"], base_env)
         for t in trees:
@@ -211,7 +231,7 @@ def measure(trees, n):
                 t.total[g].append(timed([ukdbg, "run", *app_argv(g)], t.env))
                 t.total_cpu[g].append(CPU[-1])
                 t.phases[g].append(phases(app_argv(g), t.env, t.src))
-            t.imports.append(timed(imports, t.env))
+            t.imports.append(timed([py, "-c", t.import_code(imports)], t.env))
             t.open.append(control_open(app_argv("banner"), t.env, t.src))
     for t in trees:
         for g in GUESTS:

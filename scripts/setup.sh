@@ -43,4 +43,7 @@ if [ ! -f "$VENV/.ukdbg-installed" ] || [ pyproject.toml -nt "$VENV/.ukdbg-insta
 fi
 # Installed packages have their bytecode compiled; an editable one needs it done.
 "$VENV/bin/python" -m compileall -q ukdbg >/dev/null || true
+# And the run path's one-file module cache (ukdbg/preload.py; rebuilt by `ukdbg run`
+# itself when stale, unless PYTHONDONTWRITEBYTECODE is set).
+"$VENV/bin/python" -m ukdbg.preload >/dev/null || true
 make -s -C fixtures

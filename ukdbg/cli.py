@@ -59,11 +59,20 @@ def main(argv=None) -> int:
     if target is None:
         _err(f"unknown command '{cmd}'", "ukdbg --help lists the commands")
         return 2
+    if cmd == "run":
+        # Start-up allocates ~40,000 objects that live until the exit: no collection
+        # scans them (~1 ms); run_main(exiting=True) freezes them and turns it back on.
+        import gc
+        gc.disable()
+        # The run path's modules from one cached file (~2.5 ms less than importing them)
+        from .preload import preload
+        preload()
     from .errors import UkdbgError
     try:
         modname, func = target.split(":")
         __import__(f"{__package__}.{modname}")
-        code = getattr(sys.modules[f"{__package__}.{modname}"], func)(argv[1:])
+        main_fn = getattr(sys.modules[f"{__package__}.{modname}"], func)
+        code = main_fn(argv[1:], exiting=True) if cmd == "run" else main_fn(argv[1:])
         if cmd == "run":
             # The guest is gone and everything is flushed: skip the interpreter's
             # teardown (a millisecond or two that every `ukdbg run` would pay).

@@ -5,7 +5,7 @@ the inspector uses pyelftools for DWARF. Every offset read from the file is chec
 against the file size, so a malformed image raises ElfFormatError, never IndexError.
 """
 
-import struct
+import _struct as struct  # not struct.py: one import less at start-up
 
 EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 PHDR = struct.Struct("<IIQQQQQQ")

@@ -79,13 +79,22 @@ def prepare(argv: list, only=None, warn=warn):
     return m
 
 
-def run_main(argv: list, mark=None) -> int:
+def run_main(argv: list, mark=None, exiting=False) -> int:
     """Entry point of `ukdbg run`; returns the process exit status.
 
-    mark(phase) is called between phases (bench/boot.py's breakdown)."""
+    mark(phase) is called between phases (bench/boot.py's breakdown). exiting: the
+    process ends when this returns (cli.py, which also turned the garbage collector
+    off for the start-up): the objects of the set-up are frozen out of the collector's
+    scans, and the machine is not closed (the exit closes its fds and unmaps its
+    memory, and ending hooks did what must outlive it, e.g. the control socket's
+    unlink)."""
     m = prepare(argv)
     try:
         m.events.arm()
+        if exiting:
+            import gc
+            gc.freeze()
+            gc.enable()
         if mark:
             mark("setup")
         if m.opts.sandbox:
@@ -95,9 +104,13 @@ def run_main(argv: list, mark=None) -> int:
         stop = drive(m)
         if mark:
             mark("run")
-        return finish(m, stop)
-    finally:
+        code = finish(m, stop)
+    except BaseException:
         m.close()
+        raise
+    if not exiting:
+        m.close()
+    return code
 
 
 def confine(m) -> None:

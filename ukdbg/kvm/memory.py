@@ -9,7 +9,7 @@ reaches the mapping.
 
 import mmap
 import os
-import struct
+import _struct as struct  # not struct.py: one import less at start-up
 
 from ..errors import GuestMemoryError
 

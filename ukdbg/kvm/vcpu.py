@@ -12,7 +12,7 @@ complete a pending MMIO/PIO access and return without running the guest further.
 import errno as _errno
 import mmap
 import os
-import struct
+import _struct as struct  # not struct.py: one import less at start-up
 
 from ..errors import KvmError
 from . import uapi

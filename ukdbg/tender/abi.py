@@ -3,7 +3,7 @@
 See ../shared/docs/hvt-abi.md; section numbers below refer to it.
 """
 
-import struct
+import _struct as struct  # not struct.py: one import less at start-up
 
 HVT_ABI_VERSION = 2
 HVT_ABI_TARGET = 1                         # §1: hvt=1, spt=2, virtio=3, muen=4, genode=5, xen=6

@@ -85,9 +85,16 @@ class DebugControl:
         KVM_SET_GUEST_DEBUG; returns the addresses planted."""
         sregs = sregs or self.m.vcpu.paging_regs()
         done = []
+        pages = {}                   # one page walk per page (traps.py: 16 handlers)
         for gva in gvas:
-            gpa = self.translate(gva, sregs)
+            page = gva >> 12
+            if page not in pages:
+                pages[page] = self.translate(page << 12, sregs)
+            gpa = pages[page]
             if gpa is None:
+                continue
+            gpa += gva & 0xFFF
+            if not self.m.mem.contains(gpa, 1):
                 continue
             bp = self.sw.get(gpa)
             if bp is None:

@@ -18,7 +18,7 @@ import _signal
 import _thread
 import fcntl
 import os
-import struct
+import _struct as struct  # not struct.py: one import less at start-up
 
 SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGALRM, SIGTERM, SIGIO = 1, 2, 3, 10, 14, 15, 29
 BLOCKED = (SIGHUP, SIGINT, SIGQUIT, SIGUSR1, SIGALRM, SIGTERM, SIGIO)

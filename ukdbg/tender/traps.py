@@ -13,7 +13,7 @@ A guest that faults before its first hypercall is not caught this way: its core 
 report then take rip/rsp/rflags from the guest's trap frame (the HALT cookie) and say so.
 """
 
-import struct
+import _struct as struct  # not struct.py: one import less at start-up
 
 from ..target import VECTORS, VECTORS_WITH_ERROR_CODE, Crashed
 from .machine import HANDLED
@@ -59,11 +59,18 @@ class TrapHooks:
     def arm(self, s) -> None:
         dc = self.m.debug_control()
         handlers = {}
+        pages = {}                   # one page walk per page, not one per gate
         for v in HOOK_VECTORS:
             off = v * 16
             if off + 15 > s.idt.limit:
                 break
-            gpa = dc.translate(s.idt.base + off, s)
+            gva = s.idt.base + off
+            page = gva >> 12
+            if page not in pages:
+                pages[page] = dc.translate(page << 12, s)
+            gpa = pages[page]
+            if gpa is not None:
+                gpa += gva & 0xFFF
             if gpa is None or not self.m.mem.contains(gpa, 16):
                 continue
             lo, _sel, _ist, attr, mid, hi, _ = _GATE.unpack(self.m.mem.read(gpa, 16))

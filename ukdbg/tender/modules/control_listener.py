@@ -1,11 +1,12 @@
-"""ukdbg/tender/modules/control_listener.py: the control socket and its connections.
+"""ukdbg/tender/modules/control_listener.py: the control socket.
 
 A listening unix socket, <runtime dir>/<pid>.sock (mode 0600), is an events async
 source: a request interrupts KVM_RUN (SIGIO) and is answered on the vCPU thread between
 two exits, so a busy guest still answers and nothing needs a lock. Connections are
 non-blocking. Opened by control.py while the guest runs, so opening must stay cheap
-(issue 12: 1 ms or less): only C-level modules here; the protocol (control_server, with
-json) is imported when the first request line arrives.
+(issue 12: 1 ms or less): only C-level modules here, and only the opening; serving
+connections (control_conns.py) is imported with the first client, the protocol
+(control_server, with json) when the first request line arrives.
 
 What a client can send is bounded here, before any decoding: a line of MAX_LINE bytes,
 MAX_CONNS connections (a new one evicts the least recently active), MAX_OUT bytes of
@@ -79,8 +80,18 @@ def uid_unmapped(uid: int) -> bool:
     map): the kernel then shows this process and every peer whose uid is not mapped
     either as the same overflow uid, so SO_PEERCRED cannot tell the owner from others."""
     try:
-        with open("/proc/self/uid_map", "rb") as f:
-            lines = f.read().split(b"\n")
+        # os.read, not open(): no io objects on the way to a 1 ms opening
+        fd = os.open("/proc/self/uid_map", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = b""
+            while True:
+                chunk = os.read(fd, 16384)
+                if not chunk:
+                    break
+                data += chunk
+        finally:
+            os.close(fd)
+        lines = data.split(b"\n")
     except OSError:
         return False
     for ln in lines:
@@ -123,17 +134,9 @@ def open_control(m):
     return ctl
 
 
-class Conn:
-    __slots__ = ("sock", "fd", "inbuf", "outbuf", "eof", "closed", "active")
-
-    def __init__(self, sock, active):
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.inbuf = bytearray()
-        self.outbuf = bytearray()
-        self.eof = False
-        self.closed = False
-        self.active = active          # when it last sent something (a sequence number)
+def _conns():
+    from . import control_conns
+    return control_conns
 
 
 class Control:
@@ -182,167 +185,21 @@ class Control:
         import atexit
         atexit.register(self.close)
 
-    # --- connections ------------------------------------------------------------------------
+    # --- connections (control_conns.py, imported with the first client) ------------------
     def on_listen(self, m):
-        self._flush_all()
-        while True:
-            try:
-                fd, _ = self.sock._accept()
-            except OSError:             # EAGAIN: all taken; others: try again next time
-                return None
-            sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, fd)
-            try:
-                cred = sock.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
-            except OSError:
-                sock.close()
-                continue
-            uid = int.from_bytes(cred[4:8], sys.byteorder)      # struct ucred: pid, uid, gid
-            if uid != self.uid:
-                self._refuse(sock, f"permission denied: uid {uid} may not control "
-                             "this unikernel")
-                self._refused(m, uid)
-                continue
-            if len(self.conns) >= MAX_CONNS:
-                # The newest client is served: one that connected and went silent (or a
-                # flood of them) must not lock `ukdbg status` out.
-                old = min(self.conns.values(), key=lambda c: c.active)
-                self.send_bytes(old, _error_line(
-                    f"dropped: too many control connections (at most {MAX_CONNS})"))
-                self._drop(old)         # sends what it can of its output first
-            self._seq += 1
-            c = Conn(sock, self._seq)
-            try:
-                sock.setblocking(False)
-                m.events.add_source(c.fd, lambda m, c=c: self._on_readable(c))
-            except OSError:
-                m.events.remove_source(c.fd)
-                sock.close()
-                continue
-            self.conns[c.fd] = c
-            # A request sent before O_ASYNC was set raised no SIGIO: read it now.
-            stop = self._on_readable(c)
-            if stop is not None:
-                return stop
-
-    def _refused(self, m, uid: int) -> None:
-        """Say so on stderr, once per uid (a flood must not flood the output), and in
-        the --log file every time."""
-        if uid not in self.refused:
-            self.refused.add(uid)
-            sys.stderr.write(f"ukdbg: control socket: refused a connection from uid {uid} "
-                             f"(only uid {self.uid} may control this unikernel)\n")
-        if getattr(m, "log", None) is not None:
-            from .log import log_event
-            log_event(m, "control-refused", uid=uid)
-
-    def _refuse(self, sock, why: str) -> None:
-        try:
-            sock.setblocking(False)
-            sock.send(_error_line(why))
-        except OSError:
-            pass
-        sock.close()
+        return _conns().on_listen(self, m)
 
     def _on_readable(self, c):
-        """Read what c sent, answer each complete line; returns a Stop or None.
-
-        Reads and answers alternate, so the input held stays under MAX_LINE plus one
-        chunk whatever the client sends."""
-        if c.closed:
-            return None
-        self._flush_all()
-        stop = None
-        while stop is None and not c.closed:
-            stop = self._lines(c)
-            if stop is not None or c.closed or c.eof:
-                break
-            try:
-                data = c.sock.recv(_CHUNK)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                self._drop(c)
-                return None
-            if not data:
-                c.eof = True
-            else:
-                self._seq += 1
-                c.active = self._seq
-                c.inbuf += data
-        if stop is None and not c.closed:
-            stop = self._lines(c)
-        if c.eof and not c.closed and stop is None:
-            self._drop(c)
-        return stop
-
-    def _lines(self, c):
-        """Answer the complete lines in c.inbuf (a Stop ends it early). The replies go
-        out together at the end (one send for a pipelined batch)."""
-        stop = None
-        while not c.closed and stop is None:
-            if len(c.outbuf) >= _CHUNK:
-                self.flush(c)
-            i = c.inbuf.find(b"\n")
-            if i < 0:
-                if len(c.inbuf) > MAX_LINE:
-                    self.send_bytes(c, _error_line(
-                        f"request line too long (more than {MAX_LINE} bytes)"))
-                    self._drop(c)
-                break
-            if i > MAX_LINE:
-                self.send_bytes(c, _error_line(
-                    f"request line too long (more than {MAX_LINE} bytes)"))
-                self._drop(c)
-                break
-            line = bytes(c.inbuf[:i])
-            del c.inbuf[:i + 1]
-            if line.strip():
-                stop = self._request(c, line)
-        self.flush(c)
-        return stop
-
-    def _request(self, c, line):
-        if self.proto is None:
-            from . import control_server
-            self.proto = control_server
-        return self.proto.request(self, c, line)
+        return _conns().on_readable(self, c)
 
     def send_bytes(self, c, data: bytes) -> None:
-        """Queue a reply; it goes out with the next flush (the end of the batch)."""
-        if not c.closed:
-            c.outbuf += data
+        _conns().send_bytes(self, c, data)
 
     def flush(self, c) -> None:
-        """Send what the client takes; drop it past MAX_OUT unread bytes."""
-        while c.outbuf and not c.closed:
-            try:
-                n = c.sock.send(c.outbuf)
-            except (BlockingIOError, InterruptedError):
-                if len(c.outbuf) > MAX_OUT:
-                    self._drop(c)
-                return
-            except OSError:
-                self._drop(c)
-                return
-            del c.outbuf[:n]
-
-    def _flush_all(self) -> None:
-        for c in list(self.conns.values()):
-            if c.outbuf:
-                self.flush(c)
+        _conns().flush(self, c)
 
     def _drop(self, c) -> None:
-        if c.closed:
-            return
-        if c.outbuf:
-            try:
-                c.sock.send(c.outbuf)
-            except OSError:
-                pass
-        c.closed = True
-        self.m.events.remove_source(c.fd)
-        self.conns.pop(c.fd, None)
-        c.sock.close()
+        _conns().drop(self, c)
 
     # --- the end ------------------------------------------------------------------------------------
     def end(self, m, stop) -> None:
