@@ -3,8 +3,11 @@ progress bars) and what it prints when piped (nothing but the text)."""
 
 import os
 import pty
+import re
+import select
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -14,12 +17,14 @@ from helpers import ROOT
 pytestmark = pytest.mark.kvm
 
 
-def on_pty(argv, env=None, cwd=None, timeout=60):
-    """Run `python -m ukdbg ARGV` with stdin, stdout and stderr on one pty; (rc, bytes)."""
+def on_pty(argv, env=None, cwd=None, timeout=60, stdout=None):
+    """Run `python -m ukdbg ARGV` with stdin, stdout and stderr on one pty (stdout:
+    elsewhere if given); (rc, bytes)."""
     e = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "UKDBG_DEBUG")}
     e.update(env or {})
     master, slave = pty.openpty()
-    p = subprocess.Popen([sys.executable, "-m", "ukdbg", *argv], stdin=slave, stdout=slave,
+    p = subprocess.Popen([sys.executable, "-m", "ukdbg", *argv], stdin=slave,
+                         stdout=slave if stdout is None else stdout,
                          stderr=slave, env=e, cwd=cwd or ROOT)
     os.close(slave)
     out = b""
@@ -117,3 +122,141 @@ def test_core_dump_progress_on_a_terminal_only(tmp_path):
     assert "\x1b" not in r.stderr
     rc, out = on_pty(argv, cwd=tmp_path)                     # the default delay
     assert rc == 255 and b"writing core" not in out
+
+
+# --- the replay's bar -------------------------------------------------------------------
+def screen(out: bytes) -> str:
+    """What a terminal shows once `out` is written to it: only the sequences rich and
+    ukdbg's bars use are understood (anything else fails the test)."""
+    rows, r, c = [[]], 0, 0
+    text, i = out.decode(), 0
+    while i < len(text):
+        ch = text[i]
+        i += 1
+        if ch == "\x1b":
+            m = re.match(r"\[(\??)([\d;]*)([A-Za-z])", text[i:])
+            assert m, f"unexpected escape sequence {text[i - 1:i + 12]!r}"
+            i += m.end()
+            private, n, cmd = m.groups()
+            if private or cmd == "m":            # cursor shown/hidden, colours
+                continue
+            if cmd == "K" and n == "2":
+                rows[r] = []
+            elif cmd == "A":
+                r = max(0, r - int(n or 1))
+            else:
+                raise AssertionError(f"unexpected escape sequence {m.group(0)!r}")
+        elif ch == "\r":
+            c = 0
+        elif ch == "\n":
+            r += 1
+            if r == len(rows):
+                rows.append([])
+        else:
+            line = rows[r]
+            line.extend(" " * (c + 1 - len(line)))
+            line[c] = ch
+            c += 1
+    return "\n".join("".join(line).rstrip() for line in rows).strip("\n")
+
+
+@pytest.fixture(scope="module")
+def banner_rec(tmp_path_factory):
+    """A recording of `banner 300`: 300 lines, one every few events (~0.5 s replay)."""
+    from helpers import ukdbg
+    d = tmp_path_factory.mktemp("rec")
+    rec = str(d / "banner.rec")
+    r = ukdbg("run", "--mem=8", "--no-control", "--no-core", "--record", rec,
+              app_path("banner"), "300", cwd=d)
+    assert r.returncode == 0 and r.stdout.count("banner: round") == 300, r.stderr
+    return rec, r.stdout
+
+
+def test_replay_progress_on_a_terminal_only(banner_rec, tmp_path):
+    """On a terminal: a bar of events replayed, between the console's lines and never
+    inside one, gone at the end (the screen shows exactly the console). NO_COLOR: a
+    plain line. Piped: nothing (delay 0 here; the default is tested in
+    tests/unit/test_progress.py)."""
+    from helpers import ukdbg
+    rec, console = banner_rec
+    argv = ["replay", "--no-core", rec]
+    rc, out = on_pty(argv, env={"UKDBG_PROGRESS_DELAY": "0"}, cwd=tmp_path)
+    assert rc == 0 and b"replaying" in out and "━".encode() in out, out
+    n = len(re.findall(rb"replaying .*?(\d+)/(\d+)", out))
+    first_line = out.index(b"Hello, World")
+    assert re.search(rb"replaying .*?\d+/\d+", out[first_line:]), out     # redrawn
+    assert n >= 2, out
+    assert screen(out) == console.strip("\n"), out            # transient, no mix-up
+    done = [int(a) for a, _ in re.findall(rb"replaying .*?(\d+)/(\d+)", out)]
+    assert done == sorted(done) and done[-1] > 0, done          # moves forward
+
+    rc, out = on_pty(argv, env={"UKDBG_PROGRESS_DELAY": "0", "NO_COLOR": "1"},
+                     cwd=tmp_path)
+    assert rc == 0 and b"\rreplaying: " in out and b" events)" in out, out
+    assert b"\x1b" not in out, out
+    assert screen(out) == console.strip("\n"), out
+
+    r = ukdbg(*argv, env={"UKDBG_PROGRESS_DELAY": "0"}, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout == console, r.stderr
+    assert "replaying" not in r.stderr and "\x1b" not in r.stdout + r.stderr, r.stderr
+
+
+def test_replay_progress_with_stdout_elsewhere(banner_rec, tmp_path):
+    """stdout into a file: the bar on the terminal (stderr), the file exactly the
+    console. stdout into a pipe (a pager may own the terminal): no bar."""
+    rec, console = banner_rec
+    argv = ["replay", "--no-core", rec]
+    with open(tmp_path / "out", "wb") as f:
+        rc, out = on_pty(argv, env={"UKDBG_PROGRESS_DELAY": "0"}, cwd=tmp_path, stdout=f)
+    assert rc == 0 and b"replaying" in out and screen(out) == "", out
+    assert (tmp_path / "out").read_text() == console
+    r, w = os.pipe()
+    try:
+        rc, out = on_pty(argv, env={"UKDBG_PROGRESS_DELAY": "0"}, cwd=tmp_path, stdout=w)
+    finally:
+        os.close(w)
+        piped = os.read(r, 1 << 20)
+        os.close(r)
+    assert rc == 0 and out == b"" and piped.decode() == console, out
+
+
+@pytest.mark.gdb
+def test_no_replay_bar_under_gdb(banner_rec, tmp_path):
+    """A replay driven by gdb (the user steps): no bar, even with delay 0."""
+    rec, console = banner_rec
+    e = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "UKDBG_DEBUG")}
+    e["UKDBG_PROGRESS_DELAY"] = "0"
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "ukdbg", "replay", "--no-core", "--gdb",
+                          "127.0.0.1:0", "--gdb-wait", rec], stdin=slave, stdout=slave,
+                         stderr=slave, env=e, cwd=tmp_path)
+    os.close(slave)
+    out, g = b"", None
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            m = re.search(rb"listening on (\S+?),", out)
+            if m and g is None:
+                g = subprocess.Popen(["gdb", "-q", "-nx", "-batch", "-ex", "set confirm off",
+                                      "-ex", f"target remote {m.group(1).decode()}",
+                                      "-ex", "continue", app_path("banner")],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    finally:
+        os.close(master)
+        if p.poll() is None:
+            p.kill()
+    assert g is not None, out
+    text = g.communicate(timeout=60)[0].decode()
+    assert p.wait(10) == 0, out
+    assert "detached" in text, text            # gdb ran it to the end of the recording
+    assert out.count(b"banner: round") == 300, out
+    assert b"replaying" not in out and "━".encode() not in out, out

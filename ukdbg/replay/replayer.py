@@ -721,6 +721,80 @@ def prepare(argv):
     return m, r, tmp, rec
 
 
+class _Progress:
+    """The bar of a long replay on a terminal: events replayed of the recording's total
+    (exact: the events are in memory). A thread posts a redraw to the vCPU thread every
+    0.1 s once the delay has passed (the loop runs posted callables between exits, a
+    kick ends KVM_RUN), so the replay's hot path does not change and the bar moves while
+    the guest computes between events. It shares the terminal with the guest's console
+    without mixing: a console write hides it first, and it is drawn again only when the
+    console's last line is complete."""
+
+    def __init__(self, m, r, bar):
+        import threading
+        self.m, self.r, self.bar = m, r, bar
+        self.bol = True                  # the console is at the start of a line
+        self.posted = False
+        self.closed = False
+        self._write = None
+        if os.isatty(1):                 # the console shares the bar's terminal
+            self._write = m.console.write
+            m.console.write = self.console_write
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._ticks, name="ukdbg-progress",
+                                        daemon=True)
+        self._thread.start()
+
+    def _ticks(self):                    # the timer thread
+        from ..progress import _REFRESH
+        if self._done.wait(self.bar.delay):
+            return
+        while not self._done.is_set():
+            if not self.posted:
+                self.posted = True
+                self.m.events.post(self._draw)
+            self._done.wait(_REFRESH)
+
+    def _draw(self, m):                  # on the vCPU thread
+        self.posted = False
+        if self.bol and not self.closed:
+            self.bar.update(self.r.cursor.index)
+        return None
+
+    def console_write(self, data) -> None:
+        if self.bar.shown:
+            self.bar.hide()
+        self._write(data)
+        if data:
+            self.bol = data[-1:] == b"\n"
+
+    def close(self) -> None:
+        self.closed = True
+        self._done.set()
+        self._thread.join()
+        self.bar.close()
+        if self._write is not None:
+            del self.m.console.write     # the class's own again
+
+
+def progress(m, r, opts):
+    """A _Progress, or None: under --gdb (the user steps), with --trace on stderr, when
+    stdout is a pipe (the program reading it may own the terminal), off a terminal."""
+    if opts.gdb or opts.trace in ("-", ""):
+        return None
+    import stat
+    try:
+        if stat.S_ISFIFO(os.fstat(1).st_mode) or stat.S_ISSOCK(os.fstat(1).st_mode):
+            return None
+    except OSError:
+        return None
+    from ..progress import Bar
+    bar = Bar("replaying", len(r.rec.events), unit="events")
+    if not bar.on_terminal:
+        return None
+    return _Progress(m, r, bar)
+
+
 def _rmtree(path):
     import shutil
     shutil.rmtree(path, ignore_errors=True)
@@ -734,7 +808,12 @@ def replay_main(argv) -> int:
             warn(f"{rec.path}: the recording is incomplete (its recorder did not finish); "
                  f"replaying its {len(rec.events)} complete events")
         m.events.arm()
-        stop = drive(m)
+        bar = progress(m, r, m.opts)
+        try:
+            stop = drive(m)
+        finally:
+            if bar is not None:
+                bar.close()              # before the core's own bar and the report
         code = finish(m, stop)
         end = r.end
         if isinstance(end, Diverged):
