@@ -201,6 +201,21 @@ def test_replay_progress_on_a_terminal_only(banner_rec, tmp_path):
     assert "replaying" not in r.stderr and "\x1b" not in r.stdout + r.stderr, r.stderr
 
 
+def test_replay_bar_waits_for_the_end_of_a_console_line(tmp_path):
+    """A guest that prints 3000 dots on one line, one PUTS each: the bar must not be
+    drawn over the unfinished line (it would erase it)."""
+    from helpers import ukdbg
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(8192))
+    rec = str(tmp_path / "dots.rec")
+    r = ukdbg("run", "--mem=8", "--no-control", "--no-core", f"--block:storage={disk}",
+              "--record", rec, app_path("rrbench"), "puts", "3000", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.startswith("." * 3000), r.stderr
+    rc, out = on_pty(["replay", "--no-core", rec], env={"UKDBG_PROGRESS_DELAY": "0"},
+                     cwd=tmp_path)
+    assert rc == 0 and screen(out) == r.stdout.strip("\n"), out
+
+
 def test_replay_progress_with_stdout_elsewhere(banner_rec, tmp_path):
     """stdout into a file: the bar on the terminal (stderr), the file exactly the
     console. stdout into a pipe (a pager may own the terminal): no bar."""
