@@ -9,6 +9,9 @@
               --record (an int3 exit, emulated) and under replay
   replay      wall time of a CPU-bound guest (rrbench spin) and a POLL-bound one
               (time: 100 ms sleeps) recorded, then replayed (subprocesses)
+  replay bar  a replay on a pseudo-terminal with its progress bar drawn from the start
+              ($UKDBG_PROGRESS_DELAY=0) against the same replay piped (no bar):
+              hypercall-bound (rrbench walltime) and CPU-bound (rrbench spin)
   startup     `ukdbg run hello` against `ukdbg run --record F hello` (median of runs)
   echo        recording size per 10,000 frames echoed by the `net` fixture on a tap in
               a private network namespace (needs root; --echo 0 skips it), and the
@@ -140,6 +143,51 @@ def bench_replay(tmp):
               f"({t1 / t2:.1f}x the recorded run's speed)")
 
 
+def on_pty(args, env):
+    """Wall time of `ukdbg ARGS` with stdout and stderr on a pseudo-terminal."""
+    import pty
+    master, slave = pty.openpty()
+    t = time.perf_counter()
+    p = subprocess.Popen([sys.executable, "-m", "ukdbg", *args], stdin=slave,
+                         stdout=slave, stderr=slave, cwd=ROOT,
+                         env=dict(os.environ, **env))
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    assert p.wait() == 0, out[-2000:]
+    return time.perf_counter() - t, out
+
+
+def bench_replay_bar(tmp, n, rounds):
+    disk = os.path.join(tmp, "disk.img")
+    env = {"UKDBG_PROGRESS_DELAY": "0"}
+    for what, args in ((f"hypercall-bound (rrbench walltime {n})", ["walltime", str(n)]),
+                       ("CPU-bound (rrbench spin 200000)", ["spin", "200000"])):
+        rec = os.path.join(tmp, "bar.rec")
+        _t, r = cli("run", "--no-control", "--no-core", f"--block:storage={disk}",
+                    "--record", rec, APP, *args)
+        assert r.returncode == 0, r.stderr
+        piped, bar = [], []
+        for _ in range(rounds):
+            t, r = cli("replay", "--no-core", rec)
+            assert r.returncode == 0 and b"replaying" not in r.stderr, r.stderr
+            piped.append(t)
+            t, out = on_pty(["replay", "--no-core", rec], env)
+            assert b"replaying" in out, out[-2000:]
+            bar.append(t)
+        a, b = statistics.median(piped), statistics.median(bar)
+        print(f"  {what:40s} piped {a:6.2f} s  on a terminal with the bar {b:6.2f} s "
+              f"({(b - a) / a * 100:+.1f} %)")
+
+
 def bench_startup(tmp, runs=10):
     hello = os.path.join(ROOT, "fixtures/build/hello.hvt")
     a, b = [], []
@@ -220,6 +268,9 @@ def main():
         bench_rdtsc(tmp, max(1000, a.n // 10), a.rounds)
         print("replay against the recorded run (wall time, subprocesses):")
         bench_replay(tmp)
+        print(f"replay with its progress bar against piped (median of {a.rounds}, "
+              "alternating):")
+        bench_replay_bar(tmp, a.n, a.rounds)
         bench_startup(tmp)
         if a.echo:
             bench_echo(tmp, a.echo)
