@@ -172,48 +172,70 @@ def banner_rec(tmp_path_factory):
     return rec, r.stdout
 
 
-def test_replay_progress_on_a_terminal_only(banner_rec, tmp_path):
-    """On a terminal: a bar of events replayed, between the console's lines and never
-    inside one, gone at the end (the screen shows exactly the console). NO_COLOR: a
-    plain line. Piped: nothing (delay 0 here; the default is tested in
-    tests/unit/test_progress.py)."""
+@pytest.fixture(scope="module")
+def quiet_rec(tmp_path_factory):
+    """A recording of `rev 3 100000`: three lines, then ~0.7 s of computing without a
+    word (burn()), then a last line."""
     from helpers import ukdbg
-    rec, console = banner_rec
-    argv = ["replay", "--no-core", rec]
+    d = tmp_path_factory.mktemp("rev")
+    rec = str(d / "rev.rec")
+    r = ukdbg("run", "--mem=8", "--no-control", "--no-core", "--record", rec,
+              app_path("rev"), "3", "100000", cwd=d)
+    assert r.returncode == 0 and "round 2 total" in r.stdout, r.stderr
+    return rec
+
+
+def test_replay_progress_on_a_terminal_only(quiet_rec, tmp_path):
+    """On a terminal: a bar of events replayed, drawn below the console's line while the
+    guest computes, gone at the end (the screen shows exactly what a piped replay
+    prints). NO_COLOR: a plain line. Piped: nothing (delay 0 here; the default is
+    tested in tests/unit/test_progress.py)."""
+    from helpers import ukdbg
+    argv = ["replay", "--no-core", quiet_rec]
+    r = ukdbg(*argv, env={"UKDBG_PROGRESS_DELAY": "0"}, cwd=tmp_path)
+    assert r.returncode == 0 and "round 2 total" in r.stdout, r.stderr
+    assert "replaying" not in r.stderr and "\x1b" not in r.stdout + r.stderr, r.stderr
+    piped = (r.stdout + r.stderr).strip("\n")
+
     rc, out = on_pty(argv, env={"UKDBG_PROGRESS_DELAY": "0"}, cwd=tmp_path)
-    assert rc == 0 and b"replaying" in out and "━".encode() in out, out
-    n = len(re.findall(rb"replaying .*?(\d+)/(\d+)", out))
-    first_line = out.index(b"Hello, World")
-    assert re.search(rb"replaying .*?\d+/\d+", out[first_line:]), out     # redrawn
-    assert n >= 2, out
-    assert screen(out) == console.strip("\n"), out            # transient, no mix-up
-    done = [int(a) for a, _ in re.findall(rb"replaying .*?(\d+)/(\d+)", out)]
-    assert done == sorted(done) and done[-1] > 0, done          # moves forward
+    assert rc == 0 and "━".encode() in out, out
+    after = out[out.index(b"round 2 total"):]
+    draws = re.findall(rb"replaying .*?(\d+)/(\d+)", after)
+    assert len(draws) >= 2, out                        # redrawn while it computes
+    assert all(total == draws[0][1] for _, total in draws), draws
+    assert screen(out) == piped, out                   # transient, no mix-up
 
     rc, out = on_pty(argv, env={"UKDBG_PROGRESS_DELAY": "0", "NO_COLOR": "1"},
                      cwd=tmp_path)
     assert rc == 0 and b"\rreplaying: " in out and b" events)" in out, out
+    assert out.index(b"\rreplaying: ", out.index(b"round 2 total")) > 0
     assert b"\x1b" not in out, out
-    assert screen(out) == console.strip("\n"), out
+    assert screen(out) == piped, out
 
-    r = ukdbg(*argv, env={"UKDBG_PROGRESS_DELAY": "0"}, cwd=tmp_path)
-    assert r.returncode == 0 and r.stdout == console, r.stderr
-    assert "replaying" not in r.stderr and "\x1b" not in r.stdout + r.stderr, r.stderr
+
+def test_replay_bar_and_a_chatty_console(banner_rec, tmp_path):
+    """300 lines in ~0.5 s: the bar gives way to the console, which the screen shows
+    intact."""
+    rec, console = banner_rec
+    rc, out = on_pty(["replay", "--no-core", rec], env={"UKDBG_PROGRESS_DELAY": "0"},
+                     cwd=tmp_path)
+    assert rc == 0 and screen(out) == console.strip("\n"), out
 
 
 def test_replay_bar_waits_for_the_end_of_a_console_line(tmp_path):
-    """A guest that prints 3000 dots on one line, one PUTS each: the bar must not be
-    drawn over the unfinished line (it would erase it)."""
+    """A guest prints "working..." and computes ~0.5 s before " done": the bar must not
+    be drawn over the unfinished line (it would erase it)."""
     from helpers import ukdbg
     disk = tmp_path / "disk.img"
     disk.write_bytes(bytes(8192))
-    rec = str(tmp_path / "dots.rec")
+    rec = str(tmp_path / "partial.rec")
     r = ukdbg("run", "--mem=8", "--no-control", "--no-core", f"--block:storage={disk}",
-              "--record", rec, app_path("rrbench"), "puts", "3000", cwd=tmp_path)
-    assert r.returncode == 0 and r.stdout.startswith("." * 3000), r.stderr
+              "--record", rec, app_path("rrbench"), "partial", "100000", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.startswith("working... done\n"), r.stderr
     rc, out = on_pty(["replay", "--no-core", rec], env={"UKDBG_PROGRESS_DELAY": "0"},
                      cwd=tmp_path)
-    assert rc == 0 and screen(out) == r.stdout.strip("\n"), out
+    assert rc == 0 and b"working... done" in out, out
+    assert screen(out) == r.stdout.strip("\n"), out
 
 
 def test_replay_progress_with_stdout_elsewhere(banner_rec, tmp_path):

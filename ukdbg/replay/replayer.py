@@ -727,13 +727,15 @@ class _Progress:
     0.1 s once the delay has passed (the loop runs posted callables between exits, a
     kick ends KVM_RUN), so the replay's hot path does not change and the bar moves while
     the guest computes between events. It shares the terminal with the guest's console
-    without mixing: a console write hides it first, and it is drawn again only when the
-    console's last line is complete."""
+    without mixing: a console write hides it first, and it is drawn again only after a
+    tick without console output (a chatty guest's lines take its place; no flicker, no
+    redraw per line) and when the console's last line is complete."""
 
     def __init__(self, m, r, bar):
         import threading
         self.m, self.r, self.bar = m, r, bar
         self.bol = True                  # the console is at the start of a line
+        self.wrote = False               # the console has spoken since the last tick
         self.posted = False
         self.closed = False
         self._write = None
@@ -757,14 +759,23 @@ class _Progress:
 
     def _draw(self, m):                  # on the vCPU thread
         self.posted = False
-        if self.bol and not self.closed:
-            self.bar.update(self.r.cursor.index)
+        if self.wrote:
+            self.wrote = False           # wait for a quiet tick
+        elif self.bol and not self.closed:
+            try:
+                self.bar.update(self.r.cursor.index)
+            except Exception:            # a display must never end the replay
+                self.closed = True
         return None
 
     def console_write(self, data) -> None:
         if self.bar.shown:
-            self.bar.hide()
+            try:
+                self.bar.hide()
+            except Exception:            # as in _draw
+                self.closed = True
         self._write(data)
+        self.wrote = True
         if data:
             self.bol = data[-1:] == b"\n"
 
@@ -772,7 +783,10 @@ class _Progress:
         self.closed = True
         self._done.set()
         self._thread.join()
-        self.bar.close()
+        try:
+            self.bar.close()
+        except Exception:                # as in _draw
+            pass
         if self._write is not None:
             del self.m.console.write     # the class's own again
 
