@@ -240,7 +240,8 @@ def test_replay_bar_waits_for_the_end_of_a_console_line(tmp_path):
 
 def test_replay_progress_with_stdout_elsewhere(banner_rec, tmp_path):
     """stdout into a file: the bar on the terminal (stderr), the file exactly the
-    console. stdout into a pipe (a pager may own the terminal): no bar."""
+    console. stdout into a pipe (a pager may own the terminal), or --trace on stderr:
+    no bar."""
     rec, console = banner_rec
     argv = ["replay", "--no-core", rec]
     with open(tmp_path / "out", "wb") as f:
@@ -255,6 +256,10 @@ def test_replay_progress_with_stdout_elsewhere(banner_rec, tmp_path):
         piped = os.read(r, 1 << 20)
         os.close(r)
     assert rc == 0 and out == b"" and piped.decode() == console, out
+    rc, out = on_pty(argv[:-1] + ["--trace", rec], env={"UKDBG_PROGRESS_DELAY": "0"},
+                     cwd=tmp_path)            # the trace's lines own stderr
+    assert rc == 0 and b"puts(" in out, out
+    assert b"replaying" not in out, out
 
 
 @pytest.mark.gdb
