@@ -10,8 +10,9 @@
   replay      wall time of a CPU-bound guest (rrbench spin) and a POLL-bound one
               (time: 100 ms sleeps) recorded, then replayed (subprocesses)
   replay bar  a replay on a pseudo-terminal with its progress bar drawn from the start
-              ($UKDBG_PROGRESS_DELAY=0) against the same replay piped (no bar):
-              hypercall-bound (rrbench walltime) and CPU-bound (rrbench spin)
+              ($UKDBG_PROGRESS_DELAY=0) against the same replay with no bar (delay
+              3600): hypercall-, console- and CPU-bound (rrbench walltime, puts, spin);
+              wall and CPU time
   startup     `ukdbg run hello` against `ukdbg run --record F hello` (median of runs)
   echo        recording size per 10,000 frames echoed by the `net` fixture on a tap in
               a private network namespace (needs root; --echo 0 skips it), and the
@@ -144,7 +145,7 @@ def bench_replay(tmp):
 
 
 def on_pty(args, env):
-    """Wall time of `ukdbg ARGS` with stdout and stderr on a pseudo-terminal."""
+    """`ukdbg ARGS` with stdout and stderr on a pseudo-terminal: (wall s, CPU s, output)."""
     import pty
     master, slave = pty.openpty()
     t = time.perf_counter()
@@ -162,30 +163,36 @@ def on_pty(args, env):
             break
         out += chunk
     os.close(master)
-    assert p.wait() == 0, out[-2000:]
-    return time.perf_counter() - t, out
+    _pid, status, ru = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    assert p.returncode == 0, out[-2000:]
+    return time.perf_counter() - t, ru.ru_utime + ru.ru_stime, out
 
 
 def bench_replay_bar(tmp, n, rounds):
+    """Both on a terminal: the bar never shown (delay 3600 s) against the bar drawn
+    from the start (delay 0; this includes importing rich, ~50 ms, which a replay
+    shorter than the 0.5 s default delay never pays)."""
     disk = os.path.join(tmp, "disk.img")
-    env = {"UKDBG_PROGRESS_DELAY": "0"}
     for what, args in ((f"hypercall-bound (rrbench walltime {n})", ["walltime", str(n)]),
+                       (f"console-bound (rrbench puts {n})", ["puts", str(n)]),
                        ("CPU-bound (rrbench spin 200000)", ["spin", "200000"])):
         rec = os.path.join(tmp, "bar.rec")
         _t, r = cli("run", "--no-control", "--no-core", f"--block:storage={disk}",
                     "--record", rec, APP, *args)
         assert r.returncode == 0, r.stderr
-        piped, bar = [], []
+        res = {"3600": [], "0": []}
         for _ in range(rounds):
-            t, r = cli("replay", "--no-core", rec)
-            assert r.returncode == 0 and b"replaying" not in r.stderr, r.stderr
-            piped.append(t)
-            t, out = on_pty(["replay", "--no-core", rec], env)
-            assert b"replaying" in out, out[-2000:]
-            bar.append(t)
-        a, b = statistics.median(piped), statistics.median(bar)
-        print(f"  {what:40s} piped {a:6.2f} s  on a terminal with the bar {b:6.2f} s "
-              f"({(b - a) / a * 100:+.1f} %)")
+            for delay in res:
+                wall, cpu, out = on_pty(["replay", "--no-core", rec],
+                                        {"UKDBG_PROGRESS_DELAY": delay})
+                assert (b"replaying" in out) == (delay == "0"), out[-2000:]
+                res[delay].append((wall, cpu))
+        (aw, ac), (bw, bc) = [(statistics.median(w for w, _ in v),
+                               statistics.median(c for _, c in v)) for v in res.values()]
+        print(f"  {what:40s} no bar {aw:5.2f} s (CPU {ac:5.2f} s), bar {bw:5.2f} s "
+              f"(CPU {bc:5.2f} s): wall {(bw - aw) / aw * 100:+.1f} %, "
+              f"CPU {(bc - ac) / ac * 100:+.1f} %")
 
 
 def bench_startup(tmp, runs=10):
@@ -268,8 +275,8 @@ def main():
         bench_rdtsc(tmp, max(1000, a.n // 10), a.rounds)
         print("replay against the recorded run (wall time, subprocesses):")
         bench_replay(tmp)
-        print(f"replay with its progress bar against piped (median of {a.rounds}, "
-              "alternating):")
+        print(f"replay on a terminal, with and without its progress bar (median of "
+              f"{a.rounds}, alternating):")
         bench_replay_bar(tmp, a.n, a.rounds)
         bench_startup(tmp)
         if a.echo:
