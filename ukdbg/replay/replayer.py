@@ -798,9 +798,10 @@ def progress(m, r, opts):
         return None
     import stat
     try:
-        if stat.S_ISFIFO(os.fstat(1).st_mode) or stat.S_ISSOCK(os.fstat(1).st_mode):
-            return None
+        mode = os.fstat(1).st_mode
     except OSError:
+        return None
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
         return None
     from ..progress import Bar
     bar = Bar("replaying", len(r.rec.events), unit="events")
