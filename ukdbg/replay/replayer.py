@@ -722,11 +722,13 @@ def prepare(argv):
 
 
 class _Progress:
+    TICK = 0.2                           # seconds between redraws
     """The bar of a long replay on a terminal: events replayed of the recording's total
-    (exact: the events are in memory). A thread posts a redraw to the vCPU thread every
-    0.1 s once the delay has passed (the loop runs posted callables between exits, a
-    kick ends KVM_RUN), so the replay's hot path does not change and the bar moves while
-    the guest computes between events. It shares the terminal with the guest's console
+    (exact: the events are in memory). Once the delay has passed, a thread posts a
+    redraw to the vCPU thread every TICK s, which the loop runs at its next exit; so the
+    replay's hot path does not change. A redraw still waiting at the next tick (a guest
+    computing without exits) gets a kick, which ends KVM_RUN: the bar shows and its
+    clock moves then too, at 2.5 kicks a second at most. It shares the terminal with the guest's console
     without mixing: a console write hides it first, and it is drawn again only after a
     tick without console output (a chatty guest's lines take its place; no flicker, no
     redraw per line) and when the console's last line is complete."""
@@ -748,14 +750,17 @@ class _Progress:
         self._thread.start()
 
     def _ticks(self):                    # the timer thread
-        from ..progress import _REFRESH
         if self._done.wait(self.bar.delay):
             return
-        while not self._done.is_set():
-            if not self.posted:
+        events = self.m.events
+        while True:
+            if self.posted:
+                events.kick()            # no exit since the last tick
+            else:
                 self.posted = True
-                self.m.events.post(self._draw)
-            self._done.wait(_REFRESH)
+                events.post(self._draw, kick=False)
+            if self._done.wait(self.TICK):
+                return
 
     def _draw(self, m):                  # on the vCPU thread
         self.posted = False
