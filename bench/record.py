@@ -9,6 +9,10 @@
               --record (an int3 exit, emulated) and under replay
   replay      wall time of a CPU-bound guest (rrbench spin) and a POLL-bound one
               (time: 100 ms sleeps) recorded, then replayed (subprocesses)
+  replay bar  a replay on a pseudo-terminal with its progress bar drawn from the start
+              ($UKDBG_PROGRESS_DELAY=0) against the same replay with no bar (delay
+              3600): hypercall-, console- and CPU-bound (rrbench walltime, puts, spin);
+              wall and CPU time
   startup     `ukdbg run hello` against `ukdbg run --record F hello` (median of runs)
   echo        recording size per 10,000 frames echoed by the `net` fixture on a tap in
               a private network namespace (needs root; --echo 0 skips it), and the
@@ -140,6 +144,57 @@ def bench_replay(tmp):
               f"({t1 / t2:.1f}x the recorded run's speed)")
 
 
+def on_pty(args, env):
+    """`ukdbg ARGS` with stdout and stderr on a pseudo-terminal: (wall s, CPU s, output)."""
+    import pty
+    master, slave = pty.openpty()
+    t = time.perf_counter()
+    p = subprocess.Popen([sys.executable, "-m", "ukdbg", *args], stdin=slave,
+                         stdout=slave, stderr=slave, cwd=ROOT,
+                         env=dict(os.environ, **env))
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(master)
+    _pid, status, ru = os.wait4(p.pid, 0)
+    p.returncode = os.waitstatus_to_exitcode(status)
+    assert p.returncode == 0, out[-2000:]
+    return time.perf_counter() - t, ru.ru_utime + ru.ru_stime, out
+
+
+def bench_replay_bar(tmp, n, rounds):
+    """Both on a terminal: the bar never shown (delay 3600 s) against the bar drawn
+    from the start (delay 0; this includes importing rich, ~50 ms, which a replay
+    shorter than the 0.5 s default delay never pays)."""
+    disk = os.path.join(tmp, "disk.img")
+    for what, args in ((f"hypercall-bound (rrbench walltime {n})", ["walltime", str(n)]),
+                       (f"console-bound (rrbench puts {n})", ["puts", str(n)]),
+                       ("CPU-bound (rrbench spin 200000)", ["spin", "200000"])):
+        rec = os.path.join(tmp, "bar.rec")
+        _t, r = cli("run", "--no-control", "--no-core", f"--block:storage={disk}",
+                    "--record", rec, APP, *args)
+        assert r.returncode == 0, r.stderr
+        res = {"3600": [], "0": []}
+        for _ in range(rounds):
+            for delay in res:
+                wall, cpu, out = on_pty(["replay", "--no-core", rec],
+                                        {"UKDBG_PROGRESS_DELAY": delay})
+                assert (b"replaying" in out) == (delay == "0"), out[-2000:]
+                res[delay].append((wall, cpu))
+        (aw, ac), (bw, bc) = [(statistics.median(w for w, _ in v),
+                               statistics.median(c for _, c in v)) for v in res.values()]
+        print(f"  {what:40s} no bar {aw:5.2f} s (CPU {ac:5.2f} s), bar {bw:5.2f} s "
+              f"(CPU {bc:5.2f} s): wall {(bw - aw) / aw * 100:+.1f} %, "
+              f"CPU {(bc - ac) / ac * 100:+.1f} %")
+
+
 def bench_startup(tmp, runs=10):
     hello = os.path.join(ROOT, "fixtures/build/hello.hvt")
     a, b = [], []
@@ -220,6 +275,9 @@ def main():
         bench_rdtsc(tmp, max(1000, a.n // 10), a.rounds)
         print("replay against the recorded run (wall time, subprocesses):")
         bench_replay(tmp)
+        print(f"replay on a terminal, with and without its progress bar (median of "
+              f"{a.rounds}, alternating):")
+        bench_replay_bar(tmp, a.n, a.rounds)
         bench_startup(tmp)
         if a.echo:
             bench_echo(tmp, a.echo)

@@ -12,6 +12,8 @@ is not a terminal (pipes, files, CI logs). Under NO_COLOR or TERM=dumb the bar i
 plain line rewritten with a carriage return: no escape sequence. A bar is transient: it
 is erased when the operation ends. Bar draws from the caller's thread (it runs on the
 monitor's vCPU thread); Spinner, which has no calls to draw from, uses a timer thread.
+Output that shares the terminal (a replayed guest's console) calls bar.hide() first;
+the next update() draws the bar again.
 """
 
 import os
@@ -60,9 +62,28 @@ class Bar:
         self._next = 0.0
         self._rich = None               # (Progress, task id) once shown
         self._plain = False
+        self._shown = False             # on the screen now
+        self._width = 0                 # of the plain line drawn
+
+    @property
+    def on_terminal(self) -> bool:
+        """False: this bar never draws anything (not a terminal, or nothing to count)."""
+        return bool(self._mode)
+
+    @property
+    def shown(self) -> bool:
+        return self._shown
+
+    @property
+    def delay(self) -> float:
+        return self._delay
 
     def advance(self, n: int) -> None:
-        self.done += n
+        self.update(self.done + n)
+
+    def update(self, done: int) -> None:
+        """Set the work done so far; draws at most every _REFRESH s, after the delay."""
+        self.done = done
         if not self._mode:
             return
         now = time.monotonic()
@@ -91,21 +112,27 @@ class Bar:
         cols.append(TimeRemainingColumn())
         p = Progress(*cols, console=Console(file=self.file), transient=True,
                      auto_refresh=False)
-        p.start()
         self._rich = (p, p.add_task(self.label, total=self.total))
 
     def _draw(self):
         if self._rich:
             p, task = self._rich
             p.update(task, completed=min(self.done, self.total))
-            p.refresh()
+            if self._shown:
+                p.refresh()
+            else:
+                p.start()               # draws (again after a hide(): same task, ETA)
+                self._shown = True
             return
         pct = 100 * min(self.done, self.total) // self.total
         if self.unit == "bytes":
             of = f"{_size(self.done)} of {_size(self.total)}"
         else:
-            of = f"{self.done} of {self.total}"
-        self._write(f"\r{self.label}: {pct:3d}% ({of})")
+            of = f"{self.done} of {self.total} {self.unit}"
+        line = f"{self.label}: {pct:3d}% ({of})"
+        self._write("\r" + line + " " * max(0, self._width - len(line)))
+        self._width = len(line)
+        self._shown = True
 
     def _write(self, text):
         try:
@@ -114,13 +141,22 @@ class Bar:
         except (OSError, ValueError):
             self._mode = ""
 
-    def close(self) -> None:
+    def hide(self) -> None:
+        """Erase the bar now (the cursor is left at the start of its line), for
+        output to the same terminal; the next update() draws it again."""
+        if not self._shown:
+            return
+        self._shown = False
         if self._rich:
-            self._rich[0].stop()
-            self._rich = None
-        elif self._plain:
-            self._plain = False
-            self._write("\r" + " " * 72 + "\r")
+            self._rich[0].stop()        # transient: erased; start() shows it again
+        else:
+            self._write("\r" + " " * self._width + "\r")
+            self._width = 0
+
+    def close(self) -> None:
+        self.hide()
+        self._rich = None
+        self._plain = False
 
     def __enter__(self):
         return self

@@ -3,8 +3,11 @@ progress bars) and what it prints when piped (nothing but the text)."""
 
 import os
 import pty
+import re
+import select
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -14,12 +17,14 @@ from helpers import ROOT
 pytestmark = pytest.mark.kvm
 
 
-def on_pty(argv, env=None, cwd=None, timeout=60):
-    """Run `python -m ukdbg ARGV` with stdin, stdout and stderr on one pty; (rc, bytes)."""
+def on_pty(argv, env=None, cwd=None, timeout=60, stdout=None):
+    """Run `python -m ukdbg ARGV` with stdin, stdout and stderr on one pty (stdout:
+    elsewhere if given); (rc, bytes)."""
     e = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "UKDBG_DEBUG")}
     e.update(env or {})
     master, slave = pty.openpty()
-    p = subprocess.Popen([sys.executable, "-m", "ukdbg", *argv], stdin=slave, stdout=slave,
+    p = subprocess.Popen([sys.executable, "-m", "ukdbg", *argv], stdin=slave,
+                         stdout=slave if stdout is None else stdout,
                          stderr=slave, env=e, cwd=cwd or ROOT)
     os.close(slave)
     out = b""
@@ -117,3 +122,183 @@ def test_core_dump_progress_on_a_terminal_only(tmp_path):
     assert "\x1b" not in r.stderr
     rc, out = on_pty(argv, cwd=tmp_path)                     # the default delay
     assert rc == 255 and b"writing core" not in out
+
+
+# --- the replay's bar -------------------------------------------------------------------
+def screen(out: bytes) -> str:
+    """What a terminal shows once `out` is written to it: only the sequences rich and
+    ukdbg's bars use are understood (anything else fails the test)."""
+    rows, r, c = [[]], 0, 0
+    text, i = out.decode(), 0
+    while i < len(text):
+        ch = text[i]
+        i += 1
+        if ch == "\x1b":
+            m = re.match(r"\[(\??)([\d;]*)([A-Za-z])", text[i:])
+            assert m, f"unexpected escape sequence {text[i - 1:i + 12]!r}"
+            i += m.end()
+            private, n, cmd = m.groups()
+            if private or cmd == "m":            # cursor shown/hidden, colours
+                continue
+            if cmd == "K" and n == "2":
+                rows[r] = []
+            elif cmd == "A":
+                r = max(0, r - int(n or 1))
+            else:
+                raise AssertionError(f"unexpected escape sequence {m.group(0)!r}")
+        elif ch == "\r":
+            c = 0
+        elif ch == "\n":
+            r += 1
+            if r == len(rows):
+                rows.append([])
+        else:
+            line = rows[r]
+            line.extend(" " * (c + 1 - len(line)))
+            line[c] = ch
+            c += 1
+    return "\n".join("".join(line).rstrip() for line in rows).strip("\n")
+
+
+@pytest.fixture(scope="module")
+def banner_rec(tmp_path_factory):
+    """A recording of `banner 300`: 300 lines, one every few events (~0.5 s replay)."""
+    from helpers import ukdbg
+    d = tmp_path_factory.mktemp("rec")
+    rec = str(d / "banner.rec")
+    r = ukdbg("run", "--mem=8", "--no-control", "--no-core", "--record", rec,
+              app_path("banner"), "300", cwd=d)
+    assert r.returncode == 0 and r.stdout.count("banner: round") == 300, r.stderr
+    return rec, r.stdout
+
+
+@pytest.fixture(scope="module")
+def quiet_rec(tmp_path_factory):
+    """A recording of `rev 3 200000`: three lines, then ~1.5 s of computing without a
+    word or an exit (burn()), then a last line."""
+    from helpers import ukdbg
+    d = tmp_path_factory.mktemp("rev")
+    rec = str(d / "rev.rec")
+    r = ukdbg("run", "--mem=8", "--no-control", "--no-core", "--record", rec,
+              app_path("rev"), "3", "200000", cwd=d)
+    assert r.returncode == 0 and "round 2 total" in r.stdout, r.stderr
+    return rec
+
+
+def test_replay_progress_on_a_terminal_only(quiet_rec, tmp_path):
+    """On a terminal: a bar of events replayed, drawn below the console's line while the
+    guest computes, gone at the end (the screen shows exactly what a piped replay
+    prints). NO_COLOR: a plain line. Piped: nothing (delay 0 here; the default is
+    tested in tests/unit/test_progress.py)."""
+    from helpers import ukdbg
+    argv = ["replay", "--no-core", quiet_rec]
+    r = ukdbg(*argv, env={"UKDBG_PROGRESS_DELAY": "0"}, cwd=tmp_path)
+    assert r.returncode == 0 and "round 2 total" in r.stdout, r.stderr
+    assert "replaying" not in r.stderr and "\x1b" not in r.stdout + r.stderr, r.stderr
+    piped = (r.stdout + r.stderr).strip("\n")
+
+    rc, out = on_pty(argv, env={"UKDBG_PROGRESS_DELAY": "0"}, cwd=tmp_path)
+    assert rc == 0 and "━".encode() in out, out
+    after = out[out.index(b"round 2 total"):]
+    draws = re.findall(rb"replaying .*?(\d+)/(\d+)", after)
+    assert draws, out                      # drawn while it computes (kicked: no exits)
+    assert all(total == draws[0][1] for _, total in draws), draws
+    assert screen(out) == piped, out                   # transient, no mix-up
+
+    rc, out = on_pty(argv, env={"UKDBG_PROGRESS_DELAY": "0", "NO_COLOR": "1"},
+                     cwd=tmp_path)
+    assert rc == 0 and b"\rreplaying: " in out and b" events)" in out, out
+    assert out.index(b"\rreplaying: ", out.index(b"round 2 total")) > 0
+    assert b"\x1b" not in out, out
+    assert screen(out) == piped, out
+
+
+def test_replay_bar_and_a_chatty_console(banner_rec, tmp_path):
+    """300 lines in ~0.5 s: the bar gives way to the console, which the screen shows
+    intact."""
+    rec, console = banner_rec
+    rc, out = on_pty(["replay", "--no-core", rec], env={"UKDBG_PROGRESS_DELAY": "0"},
+                     cwd=tmp_path)
+    assert rc == 0 and screen(out) == console.strip("\n"), out
+
+
+def test_replay_bar_waits_for_the_end_of_a_console_line(tmp_path):
+    """A guest prints "working..." and computes ~1.5 s without an exit before " done":
+    the bar must not be drawn over the unfinished line (it would erase it)."""
+    from helpers import ukdbg
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(bytes(8192))
+    rec = str(tmp_path / "partial.rec")
+    r = ukdbg("run", "--mem=8", "--no-control", "--no-core", f"--block:storage={disk}",
+              "--record", rec, app_path("rrbench"), "partial", "200000", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.startswith("working... done\n"), r.stderr
+    rc, out = on_pty(["replay", "--no-core", rec], env={"UKDBG_PROGRESS_DELAY": "0"},
+                     cwd=tmp_path)
+    assert rc == 0 and b"working... done" in out, out
+    assert screen(out) == r.stdout.strip("\n"), out
+
+
+def test_replay_progress_with_stdout_elsewhere(banner_rec, tmp_path):
+    """stdout into a file: the bar on the terminal (stderr), the file exactly the
+    console. stdout into a pipe (a pager may own the terminal), or --trace on stderr:
+    no bar."""
+    rec, console = banner_rec
+    argv = ["replay", "--no-core", rec]
+    with open(tmp_path / "out", "wb") as f:
+        rc, out = on_pty(argv, env={"UKDBG_PROGRESS_DELAY": "0"}, cwd=tmp_path, stdout=f)
+    assert rc == 0 and b"replaying" in out and screen(out) == "", out
+    assert (tmp_path / "out").read_text() == console
+    r, w = os.pipe()
+    try:
+        rc, out = on_pty(argv, env={"UKDBG_PROGRESS_DELAY": "0"}, cwd=tmp_path, stdout=w)
+    finally:
+        os.close(w)
+        piped = os.read(r, 1 << 20)
+        os.close(r)
+    assert rc == 0 and out == b"" and piped.decode() == console, out
+    rc, out = on_pty(argv[:-1] + ["--trace", rec], env={"UKDBG_PROGRESS_DELAY": "0"},
+                     cwd=tmp_path)            # the trace's lines own stderr
+    assert rc == 0 and b"puts(" in out, out
+    assert b"replaying" not in out, out
+
+
+@pytest.mark.gdb
+def test_no_replay_bar_under_gdb(banner_rec, tmp_path):
+    """A replay driven by gdb (the user steps): no bar, even with delay 0."""
+    rec, console = banner_rec
+    e = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "UKDBG_DEBUG")}
+    e["UKDBG_PROGRESS_DELAY"] = "0"
+    master, slave = pty.openpty()
+    p = subprocess.Popen([sys.executable, "-m", "ukdbg", "replay", "--no-core", "--gdb",
+                          "127.0.0.1:0", "--gdb-wait", rec], stdin=slave, stdout=slave,
+                         stderr=slave, env=e, cwd=tmp_path)
+    os.close(slave)
+    out, g = b"", None
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            m = re.search(rb"listening on (\S+?),", out)
+            if m and g is None:
+                g = subprocess.Popen(["gdb", "-q", "-nx", "-batch", "-ex", "set confirm off",
+                                      "-ex", f"target remote {m.group(1).decode()}",
+                                      "-ex", "continue", app_path("banner")],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    finally:
+        os.close(master)
+        if p.poll() is None:
+            p.kill()
+    assert g is not None, out
+    text = g.communicate(timeout=60)[0].decode()
+    assert p.wait(10) == 0, out
+    assert "detached" in text, text            # gdb ran it to the end of the recording
+    assert out.count(b"banner: round") == 300, out
+    assert b"replaying" not in out and "━".encode() not in out, out

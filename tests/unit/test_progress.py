@@ -76,3 +76,27 @@ def test_rich_is_not_imported_before_the_delay():
             "print('rich' in sys.modules)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout.strip() == "False", r.stderr
+
+
+def test_hide_erases_and_update_draws_again(monkeypatch):
+    """What a replay does around its guest's console output."""
+    import time
+    t = Tty()
+    bar = Bar("replaying", 10, file=t, delay=0, unit="events")
+    bar.update(3)
+    assert bar.shown and "3/10" in t.getvalue()
+    bar.hide()
+    assert not bar.shown and t.getvalue().endswith("\x1b[1A\x1b[2K")     # erased
+    time.sleep(0.11)
+    bar.update(7)
+    assert bar.shown and t.getvalue().rsplit("\x1b[2K", 1)[1].count("7/10") == 1
+    bar.close()
+    monkeypatch.setenv("NO_COLOR", "1")
+    t = Tty()
+    bar = Bar("replaying", 10, file=t, delay=0, unit="events")
+    bar.update(5)
+    bar.hide()
+    assert t.getvalue() == "\rreplaying:  50% (5 of 10 events)\r" + " " * 32 + "\r"
+    bar.hide()                                         # hidden already: nothing
+    bar.close()
+    assert "\x1b" not in t.getvalue() and t.getvalue().endswith(" " * 32 + "\r")

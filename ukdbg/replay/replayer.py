@@ -721,6 +721,100 @@ def prepare(argv):
     return m, r, tmp, rec
 
 
+class _Progress:
+    TICK = 0.2                           # seconds between redraws
+    """The bar of a long replay on a terminal: events replayed of the recording's total
+    (exact: the events are in memory). Once the delay has passed, a thread posts a
+    redraw to the vCPU thread every TICK s, which the loop runs at its next exit; so the
+    replay's hot path does not change. A redraw still waiting at the next tick (a guest
+    computing without exits) gets a kick, which ends KVM_RUN: the bar shows and its
+    clock moves then too, at 2.5 kicks a second at most. It shares the terminal with the guest's console
+    without mixing: a console write hides it first, and it is drawn again only after a
+    tick without console output (a chatty guest's lines take its place; no flicker, no
+    redraw per line) and when the console's last line is complete."""
+
+    def __init__(self, m, r, bar):
+        import threading
+        self.m, self.r, self.bar = m, r, bar
+        self.bol = True                  # the console is at the start of a line
+        self.wrote = False               # the console has spoken since the last tick
+        self.posted = False
+        self.closed = False
+        self._write = None
+        if os.isatty(1):                 # the console shares the bar's terminal
+            self._write = m.console.write
+            m.console.write = self.console_write
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._ticks, name="ukdbg-progress",
+                                        daemon=True)
+        self._thread.start()
+
+    def _ticks(self):                    # the timer thread
+        if self._done.wait(self.bar.delay):
+            return
+        events = self.m.events
+        while True:
+            if self.posted:
+                events.kick()            # no exit since the last tick
+            else:
+                self.posted = True
+                events.post(self._draw, kick=False)
+            if self._done.wait(self.TICK):
+                return
+
+    def _draw(self, m):                  # on the vCPU thread
+        self.posted = False
+        if self.wrote:
+            self.wrote = False           # wait for a quiet tick
+        elif self.bol and not self.closed:
+            try:
+                self.bar.update(self.r.cursor.index)
+            except Exception:            # a display must never end the replay
+                self.closed = True
+        return None
+
+    def console_write(self, data) -> None:
+        if self.bar.shown:
+            try:
+                self.bar.hide()
+            except Exception:            # as in _draw
+                self.closed = True
+        self._write(data)
+        self.wrote = True
+        if data:
+            self.bol = data[-1:] == b"\n"
+
+    def close(self) -> None:
+        self.closed = True
+        self._done.set()
+        self._thread.join()
+        try:
+            self.bar.close()
+        except Exception:                # as in _draw
+            pass
+        if self._write is not None:
+            del self.m.console.write     # the class's own again
+
+
+def progress(m, r, opts):
+    """A _Progress, or None: under --gdb (the user steps), with --trace on stderr, when
+    stdout is a pipe (the program reading it may own the terminal), off a terminal."""
+    if opts.gdb or opts.trace in ("-", ""):
+        return None
+    import stat
+    try:
+        mode = os.fstat(1).st_mode
+    except OSError:
+        return None
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        return None
+    from ..progress import Bar
+    bar = Bar("replaying", len(r.rec.events), unit="events")
+    if not bar.on_terminal:
+        return None
+    return _Progress(m, r, bar)
+
+
 def _rmtree(path):
     import shutil
     shutil.rmtree(path, ignore_errors=True)
@@ -734,7 +828,12 @@ def replay_main(argv) -> int:
             warn(f"{rec.path}: the recording is incomplete (its recorder did not finish); "
                  f"replaying its {len(rec.events)} complete events")
         m.events.arm()
-        stop = drive(m)
+        bar = progress(m, r, m.opts)
+        try:
+            stop = drive(m)
+        finally:
+            if bar is not None:
+                bar.close()              # before the core's own bar and the report
         code = finish(m, stop)
         end = r.end
         if isinstance(end, Diverged):

@@ -82,10 +82,12 @@ class Events:
         self.armed = True
 
     # --- from other threads -------------------------------------------------------------
-    def post(self, fn) -> None:
-        """Run fn(m) on the vCPU thread at its next exit (thread-safe)."""
+    def post(self, fn, kick=True) -> None:
+        """Run fn(m) on the vCPU thread at its next exit (thread-safe). kick=False: do
+        not force one (a guest computing without exits then runs fn later)."""
         self.pending.append(fn)
-        self.kick()
+        if kick:
+            self.kick()
 
     def kick(self) -> None:
         if self.armed:
