@@ -105,8 +105,7 @@ POLICY = (
     ("getsockname", "the address a stub bound (port 0)", None),
     ("getpeername", "a TCP gdb client's address, to find its uid in /proc/net/tcp", None),
     ("shutdown", "a refused gdb client is half-closed, so it reads the reason", None),
-    ("getsockopt", "SO_PEERCRED: the control socket's peer uid; SO_ERROR; "
-                   "SO_INCOMING_CPU: a gdb client's CPU", None),
+    ("getsockopt", "SO_PEERCRED: the control socket's peer uid; SO_ERROR", None),
     ("setsockopt", "TCP_NODELAY, SO_REUSEADDR", None),
     ("sendto", "replies to gdb and control clients", None),
     ("recvfrom", "requests from gdb and control clients", None),
@@ -115,9 +114,6 @@ POLICY = (
     ("gettid", "F_SETOWN_EX: SIGIO goes to the vCPU thread", None),
     ("getuid", "the control socket's owner check", None),
     ("sched_getaffinity", "os.cpu_count() in late imports", None),
-    ("sched_setaffinity", "a gdb session runs on its local client's CPU (debugger/gdb.py "
-                          "_follow), the calling thread only",
-     [[(0, EQ, 0)]]),
 )
 
 # Refused arguments of a conditional syscall get its own errno (named in the report)

@@ -3,7 +3,6 @@ garbage, bad checksums, oversized and malformed packets get errors or are droppe
 client that vanishes mid-packet or while the guest runs leaves no breakpoint byte in
 the guest, which then runs to its normal end."""
 
-import os
 import random
 import socket
 import time
@@ -167,34 +166,3 @@ def test_expedited_registers_in_stop_replies_match_g(fixtures_dir):
         assert c.packet(b"D") == b"OK"
         c.close()
         assert g.wait() == 0
-
-
-def _allowed_cpus(pid):
-    with open(f"/proc/{pid}/status") as f:
-        line = next(x for x in f if x.startswith("Cpus_allowed_list:"))
-    return line.split(":", 1)[1].strip()
-
-
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
-def test_a_stopped_session_runs_on_its_local_clients_cpu(fixtures_dir):
-    """A stop is a ping-pong of packets: the monitor follows a loopback client's CPU
-    (SO_INCOMING_CPU) while the session lasts, and gets its CPUs back after it."""
-    home = os.sched_getaffinity(0)
-    with Guest("tick", 1000000) as g:
-        before = _allowed_cpus(g.pid)
-        for cpu in sorted(home)[:2]:
-            os.sched_setaffinity(0, {cpu})
-            try:
-                c = RawClient(g.address)
-                assert c.packet(b"?").startswith(b"T0")   # held (05), then stopped (02)
-                assert c.packet(b"m100000,4") == b"2f6e6f6e"
-                assert _allowed_cpus(g.pid) == str(cpu)
-                assert c.packet(b"D") == b"OK"
-                c.close()
-                deadline = time.time() + 10
-                while _allowed_cpus(g.pid) != before and time.time() < deadline:
-                    time.sleep(0.01)
-                assert _allowed_cpus(g.pid) == before
-            finally:
-                os.sched_setaffinity(0, home)
-        g.proc.kill()

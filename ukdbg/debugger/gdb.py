@@ -51,9 +51,6 @@ class Attach(Interrupted):
 # Spin this long for a client's next packet before sleeping (0 on a single CPU, where
 # the spin would only delay the client).
 SPIN = 0.00025 if len(os.sched_getaffinity(0)) > 1 else 0.0
-# Follow a local TCP client's CPU while the session lasts (see EventsChannel._follow).
-COLOCATE = os.environ.get("UKDBG_GDB_COLOCATE", "1") != "0"
-_SO_INCOMING_CPU = getattr(socket, "SO_INCOMING_CPU", 49)
 # Bounds on what a client can make the monitor hold or wait for (issue 9). gdb waits
 # for each reply (its largest request or reply is ~128 KiB), so only a client that
 # stops reading ever reaches them.
@@ -90,16 +87,6 @@ class EventsChannel:
         self._old_wakeup = None
         self._unblocked = False
         self._fast = SPIN > 0             # the client answers within SPIN (see _spin)
-        self._home = None                 # the thread's CPUs before _follow pinned it
-        self._cpu = -1
-        if COLOCATE and sock.family in (socket.AF_INET, socket.AF_INET6):
-            try:
-                home = os.sched_getaffinity(0)
-            except OSError:
-                home = set()
-            if len(home) > 1:
-                self._home = home
-                self._fast = False        # no spin: it would take the client's CPU
         self.out = bytearray()            # replies the client has not taken yet
         self._since = 0.0                 # when `out` last shrank (or became non-empty)
         self._writes = 0
@@ -140,8 +127,7 @@ class EventsChannel:
         if on:
             self._unblock(False)
         else:
-            # a stop reply is followed by gdb's questions
-            self._fast = SPIN > 0 and self._home is None
+            self._fast = SPIN > 0         # a stop reply is followed by gdb's questions
         self._async(on and not self.stepping)
         if on:
             if not self.stepping:
@@ -169,8 +155,6 @@ class EventsChannel:
             if self._running and b"\x03" in data:
                 self.ctrl_c = True
                 data = data.replace(b"\x03", b"")
-            elif self._home is not None:
-                self._follow()
             self.buf += data
             if len(data) < 1 << 18:
                 return                    # most likely all there is; poll tells if not
@@ -214,7 +198,7 @@ class EventsChannel:
             if not ready:
                 t0 = time.perf_counter()
                 ready = self._poll.poll()
-                self._fast = time.perf_counter() - t0 < SPIN and self._home is None
+                self._fast = time.perf_counter() - t0 < SPIN
             if len(ready) == 1 and ready[0][0] == self.fd:
                 self._drain()
                 continue
@@ -232,20 +216,6 @@ class EventsChannel:
         data = bytes(self.buf)
         self.buf.clear()
         return data
-
-    def _follow(self) -> None:
-        """Run on the CPU the client's last bytes came from (SO_INCOMING_CPU: for a
-        loopback peer, its own CPU). A stop is a ping-pong of packets; on a nested-KVM
-        host a wake-up across CPUs costs ~50 us (an IPI, a halted vCPU woken), one on
-        the same CPU is a context switch (~6 us). The pin is undone when the session
-        ends (close)."""
-        try:
-            cpu = self.sock.getsockopt(socket.SOL_SOCKET, _SO_INCOMING_CPU)
-            if cpu != self._cpu and cpu in self._home:
-                os.sched_setaffinity(0, (cpu,))
-                self._cpu = cpu
-        except OSError:
-            self._home = None             # not allowed here: stop trying
 
     def _spin(self):
         """poll(0) for up to SPIN seconds: gdb answers a stop or a memory read within
@@ -385,11 +355,6 @@ class EventsChannel:
             self._old_wakeup = None
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)
-        if self._home is not None and self._cpu >= 0:
-            try:
-                os.sched_setaffinity(0, self._home)
-            except OSError:
-                pass
         try:
             self.sock.close()
         except OSError:
