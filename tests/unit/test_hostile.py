@@ -14,7 +14,7 @@ import struct
 import time
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from ukdbg.kvm import uapi
 from ukdbg.kvm.exits import IoOut
@@ -141,11 +141,14 @@ def writable(gpa, size):
 def test_dispatcher_answers_or_ends_cleanly(machine, nr, gpa, fields, frame):
     m = machine
     mem = m.mem
+    # The HALT struct that ends the script lives at HALT_GPA: a hypercall struct over it
+    # would be both (its fields and results are then not the ones this test expects).
+    assume(not gpa - 40 < HALT_GPA < gpa + 40)
     # Write the random struct (if it lies in RAM at all), then run one hypercall.
     raw = struct.pack("<5Q", *(f & (2**64 - 1) for f in fields))
     # The part that fits in RAM: a struct near the end must still hold these fields,
     # not a previous example's bytes (the machine is shared by all examples).
-    if gpa < MEM and not gpa <= HALT_GPA < gpa + len(raw) + 16:
+    if gpa < MEM:
         mem.write(gpa, raw[:MEM - gpa])
     if frame or nr == abi.HC_POLL:
         # A queued frame makes POLL return at once whatever timeout the guest asked
