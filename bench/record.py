@@ -147,6 +147,8 @@ def bench_replay(tmp):
 def on_pty(args, env):
     """`ukdbg ARGS` with stdout and stderr on a pseudo-terminal: (wall s, CPU s, output)."""
     import pty
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    from helpers import pty_read
     master, slave = pty.openpty()
     t = time.perf_counter()
     p = subprocess.Popen([sys.executable, "-m", "ukdbg", *args], stdin=slave,
@@ -154,13 +156,7 @@ def on_pty(args, env):
                          env=dict(os.environ, **env))
     os.close(slave)
     out = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
+    while (chunk := pty_read(master, None)) is not None:
         out += chunk
     os.close(master)
     _pid, status, ru = os.wait4(p.pid, 0)

@@ -14,6 +14,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _scratch = []
 
 
+def pty_read(master, timeout=0.1):
+    """What the pty `master` has to read now (b"" when nothing came within `timeout`
+    seconds; None: wait), or None once every writer has closed it (EIO or EOF)."""
+    if timeout is not None:
+        import select
+        ready, _, _ = select.select([master], [], [], timeout)
+        if not ready:
+            return b""
+    try:
+        return os.read(master, 65536) or None
+    except OSError:                      # EIO: every writer closed the pty
+        return None
+
+
 def gdb_path():
     return shutil.which("gdb")
 

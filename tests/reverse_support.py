@@ -18,6 +18,28 @@ def machine(app_path, *args, mem=8, extra=()):
     return m, t, eng
 
 
+def recorded_replay(tmp_path, app_path, *args, run_opts=(), status=0):
+    """Record `ukdbg run APP ARGS` into tmp_path, then prepare its replay with reverse
+    execution as `ukdbg replay --gdb` has it: (machine, engine, cleanup)."""
+    import subprocess
+    import sys
+    from ukdbg.replay import replayer
+    rec = str(tmp_path / "run.rec")
+    r = subprocess.run([sys.executable, "-m", "ukdbg", "run", "--no-core", "--no-control",
+                        "--record", rec, *run_opts, app_path, *map(str, args)],
+                       capture_output=True, cwd=tmp_path)
+    assert r.returncode == status, r.stderr
+    m, _rp, tmp, _rec = replayer.prepare(["--no-core", "--gdb", "127.0.0.1:0", rec])
+    t = LiveTarget(m)
+    m.live_target = t
+    t.debugger().attach()
+
+    def cleanup():
+        m.close()
+        replayer._rmtree(tmp)
+    return m, t.resumable(), cleanup
+
+
 def symbol(m, name):
     return m.image.elf.lookup(name).value
 

@@ -103,3 +103,37 @@ def read_regular(path, max_size: int, what: str, *, error=UkdbgError) -> bytes:
     finally:
         os.close(fd)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def read_to_end(fd: int, chunk: int = 65536) -> bytes:
+    """Everything left to read on fd (a pipe, a /proc file): os.read until EOF, with no
+    io objects (the control socket's opening and the sandbox read through this)."""
+    data = b""
+    while True:
+        b = os.read(fd, chunk)
+        if not b:
+            return data
+        data += b
+
+
+def write_new(path: str, data, mode: int = 0o600) -> None:
+    """data as the file at path, whole or not at all: written to a temporary next to it
+    (O_EXCL, short writes completed), then renamed over path; the temporary is removed
+    if anything fails. Raises OSError. For caches the monitor builds (the run path's
+    modules, the compiled sandbox)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

@@ -222,23 +222,9 @@ def build(path=None) -> list:
     head = marshal.dumps((_magic(), stamps, index))
     data = TAG + len(head).to_bytes(4, "little") + head + b"".join(blobs)
     path = path or cache_path()
-    tmp = f"{path}.{os.getpid()}.tmp"
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        try:
-            view = memoryview(data)
-            while view:                   # a short write (a full disk) is not a cache
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    from .files import write_new
+    write_new(path, data, 0o644)
     return order
 
 

@@ -133,12 +133,8 @@ def _compile(path):
         f.export_bpf(_W())
         os.close(w)
         w = -1
-        bpf = b""
-        while True:
-            chunk = os.read(r, 65536)
-            if not chunk:
-                break
-            bpf += chunk
+        from .files import read_to_end
+        bpf = read_to_end(r)
     finally:
         os.close(r)
         if w >= 0:
@@ -156,19 +152,11 @@ def _compile(path):
 
 
 def _write_cache(path, data) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
+    from .files import write_new
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
+        write_new(path, data, 0o600)
     except OSError:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        pass                  # no cache: the next run compiles again
 
 
 def _audit() -> bool:

@@ -4,7 +4,6 @@ progress bars) and what it prints when piped (nothing but the text)."""
 import os
 import pty
 import re
-import select
 import subprocess
 import sys
 import time
@@ -12,7 +11,7 @@ import time
 import pytest
 
 from gdbguest import app_path
-from helpers import ROOT
+from helpers import ROOT, pty_read
 
 pytestmark = pytest.mark.kvm
 
@@ -28,13 +27,7 @@ def on_pty(argv, env=None, cwd=None, timeout=60, stdout=None):
                          stderr=slave, env=e, cwd=cwd or ROOT)
     os.close(slave)
     out = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:                  # EIO: every writer closed the pty
-            break
-        if not chunk:
-            break
+    while (chunk := pty_read(master, None)) is not None:
         out += chunk
     os.close(master)
     return p.wait(timeout=timeout), out
@@ -66,7 +59,6 @@ def test_core_report_no_color(tmp_path):
 def test_repl_prints_no_cpr_warning_where_nobody_answers(tmp_path):
     """Like pexpect or an IDE console: a terminal that never answers prompt_toolkit's
     cursor position request (prompt_toolkit warns after 2 s of silence)."""
-    import select
     import time
     from helpers import ukdbg
     ukdbg("run", "--mem=8", app_path("nullwrite"), cwd=tmp_path)
@@ -79,15 +71,10 @@ def test_repl_prints_no_cpr_warning_where_nobody_answers(tmp_path):
     out, t0, sent = b"", time.monotonic(), []
     try:
         while time.monotonic() - t0 < 30:
-            ready, _, _ = select.select([master], [], [], 0.1)
-            if ready:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                out += chunk
+            chunk = pty_read(master)
+            if chunk is None:
+                break
+            out += chunk
             elapsed = time.monotonic() - t0
             if not sent and elapsed > 3.0 and b"(ukdbg)" in out:
                 os.write(master, b"bt\r")
@@ -277,15 +264,10 @@ def test_no_replay_bar_under_gdb(banner_rec, tmp_path):
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.1)
-            if ready:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:
-                    break
-                if not chunk:
-                    break
-                out += chunk
+            chunk = pty_read(master)
+            if chunk is None:
+                break
+            out += chunk
             m = re.search(rb"listening on (\S+?),", out)
             if m and g is None:
                 g = subprocess.Popen(["gdb", "-q", "-nx", "-batch", "-ex", "set confirm off",

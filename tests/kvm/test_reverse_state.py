@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from reverse_support import machine, symbol, whole_state
+from reverse_support import machine, recorded_replay, symbol, whole_state
 from ukdbg.target import Breakpoint, Crashed, Stepped
 
 pytestmark = pytest.mark.kvm
@@ -88,20 +88,8 @@ def test_states_equal_both_ways(app, limit_kib):
 def test_states_equal_both_ways_on_a_replay(app, tmp_path):
     """The same on a replay of the non-deterministic fixture: RDTSC/RDRAND answered
     from the recording, the cursor saved and restored with every checkpoint."""
-    import subprocess
-    import sys
-    rec = str(tmp_path / "nondet.rec")
-    r = subprocess.run([sys.executable, "-m", "ukdbg", "run", "--no-core", "--no-control",
-                        "--record", rec, app("nondet")], capture_output=True, cwd=tmp_path)
-    assert r.returncode == 255, r.stderr
-    from ukdbg.debugger.live_target import LiveTarget
-    from ukdbg.replay import replayer
-    m, rp, tmp, _rec = replayer.prepare(["--no-core", "--gdb", "127.0.0.1:0", rec])
+    m, eng, cleanup = recorded_replay(tmp_path, app("nondet"), status=255)
     try:
-        t = LiveTarget(m)
-        m.live_target = t
-        t.debugger().attach()
-        eng = t.resumable()
         rnd = random.Random(SEED)
         bps = {symbol(m, "use_victim"), symbol(m, "monotonic_ns"), symbol(m, "rt_puts")}
         compared, mismatches = _walk(eng, m, rnd, bps, forward=80, ops_n=100)
@@ -109,8 +97,7 @@ def test_states_equal_both_ways_on_a_replay(app, tmp_path):
               f"compared, {mismatches} mismatches, {len(eng.store.all)} checkpoints")
         assert compared >= 100 and mismatches == 0
     finally:
-        m.close()
-        replayer._rmtree(tmp)
+        cleanup()
 
 
 def test_an_interrupted_continue_gets_a_position(app):
@@ -147,23 +134,11 @@ def test_going_back_undoes_what_hypercalls_wrote(app, tmp_path):
     """BLOCK_READ fills a page the guest never writes itself (fixture blkrev), so KVM's
     dirty log cannot see it. On a replay of it, going back over reads of different
     sectors must bring the page's old contents back."""
-    import subprocess
-    import sys
-    from ukdbg.debugger.live_target import LiveTarget
-    from ukdbg.replay import replayer
     disk = tmp_path / "disk.img"
     disk.write_bytes(b"".join(bytes([s + 1]) * 512 for s in range(4)))
-    rec = str(tmp_path / "blkrev.rec")
-    r = subprocess.run([sys.executable, "-m", "ukdbg", "run", "--no-core", "--no-control",
-                        "--record", rec, f"--block:storage={disk}", app("blkrev"), "4"],
-                       capture_output=True, cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
-    m, rp, tmp, _rec = replayer.prepare(["--no-core", "--gdb", "127.0.0.1:0", rec])
+    m, eng, cleanup = recorded_replay(tmp_path, app("blkrev"), 4,
+                                      run_opts=(f"--block:storage={disk}",))
     try:
-        t = LiveTarget(m)
-        m.live_target = t
-        t.debugger().attach()
-        eng = t.resumable()
         eng.add_sw_breakpoint(symbol(m, "after_read"))
         buf = symbol(m, "buf")
         states, firsts = [], []
@@ -177,5 +152,4 @@ def test_going_back_undoes_what_hypercalls_wrote(app, tmp_path):
             assert m.mem.read(buf, 1)[0] == i + 1
             assert whole_state(m) == states[i]
     finally:
-        m.close()
-        replayer._rmtree(tmp)
+        cleanup()

@@ -65,6 +65,12 @@ class Machine:
         self.cmdline = b""
         self.argv = []             # the monitor's own command line
 
+    def attached(self, dev_type: int) -> dict:
+        """{handle: device} of the attached devices of one manifest type (a handle is
+        the device's index in the manifest plus one, as the guest names it)."""
+        return {i + 1: d for i, d in enumerate(self.devices)
+                if d.type == dev_type and d.attached}
+
     # The symbol table is only read when a message needs it.
     def describe(self, addr) -> str:
         """'0x1040a2 <crash_here+0x12>' for messages."""

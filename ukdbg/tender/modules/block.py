@@ -64,21 +64,28 @@ def handlers(m):
     mem = m.mem
     load, raw = mem.struct_window(_BLK)
     view, guest_view = mem.slicers()
-    disks = {i + 1: d for i, d in enumerate(m.devices)
-             if d.type == abi.MFT_DEV_BLOCK_BASIC and d.attached}   # handle -> device
+    disks = m.attached(abi.MFT_DEV_BLOCK_BASIC)           # handle -> device
     put_ret = abi.RET_ST.pack_into
     ret_off = abi.BLOCK_RET_OFF
     ok, einval = abi.SOLO5_R_OK, abi.SOLO5_R_EINVAL
     pwrite, preadv = os.pwrite, os.preadv
 
-    # The guest's request, as §9 has it: EINVAL for a bad handle or a range outside the
-    # device (a block_size multiple is the guest's business, as in Solo5's hvt).
-    def block_write(m, gpa):
+    def request(gpa):
+        """(device, offset, data, len) of the guest's request, or None once answered
+        EINVAL: a bad handle or a range outside the device (a block_size multiple is the
+        guest's business, as in Solo5's hvt)."""
         handle, off, data, n, _ = load(gpa)
         dev = disks.get(handle)
         if dev is None or off + n > dev.capacity or off >= dev.capacity:
             put_ret(raw, gpa + ret_off, einval)
             return None
+        return dev, off, data, n
+
+    def block_write(m, gpa):
+        req = request(gpa)
+        if req is None:
+            return None
+        dev, off, data, n = req
         try:
             done = pwrite(dev.host.fd, view(data, n), off)
         except OSError as e:
@@ -90,11 +97,10 @@ def handlers(m):
         return None
 
     def block_read(m, gpa):
-        handle, off, data, n, _ = load(gpa)
-        dev = disks.get(handle)
-        if dev is None or off + n > dev.capacity or off >= dev.capacity:
-            put_ret(raw, gpa + ret_off, einval)
+        req = request(gpa)
+        if req is None:
             return None
+        dev, off, data, n = req
         try:
             done = preadv(dev.host.fd, [guest_view(data, n)], off)
         except OSError as e:

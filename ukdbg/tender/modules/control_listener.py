@@ -21,6 +21,8 @@ import _socket
 import os
 import sys
 
+from ...files import read_to_end
+
 MAX_LINE = 64 * 1024        # a longer request line ends the connection
 MAX_OUT = 1 << 20           # replies a client does not read, before it is dropped
 MAX_CONNS = 32
@@ -83,12 +85,7 @@ def uid_unmapped(uid: int) -> bool:
         # os.read, not open(): no io objects on the way to a 1 ms opening
         fd = os.open("/proc/self/uid_map", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            data = b""
-            while True:
-                chunk = os.read(fd, 16384)
-                if not chunk:
-                    break
-                data += chunk
+            data = read_to_end(fd)
         finally:
             os.close(fd)
         lines = data.split(b"\n")

@@ -105,24 +105,31 @@ def handlers(m):
 
     Hot path (bench/hypercalls.py): the struct is checked once (it holds the results),
     the guest's handle is one dict lookup, guest memory is reached through accessors
-    bound here (kvm/memory.py)."""
+    bound here (kvm/memory.py). modules/block.py's handlers are built the same way."""
     mem = m.mem
     load, raw = mem.struct_window(_NET)
     view, guest_view = mem.slicers()
-    taps = {i + 1: d for i, d in enumerate(m.devices)
-            if d.type == abi.MFT_DEV_NET_BASIC and d.attached}   # handle -> device
+    taps = m.attached(abi.MFT_DEV_NET_BASIC)              # handle -> device
     put_ret = abi.RET_ST.pack_into
     put_len_ret = abi.NET_LEN_RET.pack_into
     ok, again, einval = abi.SOLO5_R_OK, abi.SOLO5_R_AGAIN, abi.SOLO5_R_EINVAL
     len_ret = abi.NET_LEN_RET_OFF
     write, readv = os.write, os.readv
 
-    def net_write(m, gpa):
+    def request(gpa):
+        """(device, data, len) of the guest's request, or None once answered EINVAL."""
         handle, data, n, _ = load(gpa)
         dev = taps.get(handle)
         if dev is None:
             put_ret(raw, gpa + 24, einval)
             return None
+        return dev, data, n
+
+    def net_write(m, gpa):
+        req = request(gpa)
+        if req is None:
+            return None
+        dev, data, n = req
         host = dev.host
         try:
             done = write(host.fd, view(data, n))
@@ -137,11 +144,10 @@ def handlers(m):
         return None
 
     def net_read(m, gpa):
-        handle, data, n, _ = load(gpa)
-        dev = taps.get(handle)
-        if dev is None:
-            put_ret(raw, gpa + 24, einval)
+        req = request(gpa)
+        if req is None:
             return None
+        dev, data, n = req
         host = dev.host
         buf = guest_view(data, n)
         try:
