@@ -18,7 +18,8 @@ Figures per exit, medians over rounds of (ukdbg - bare) of the same round:
          clock read, the write to /dev/null, poll(0) of the tap, the tap write/read,
          pwrite/preadv of the block file): a floor any monitor pays
 Goal: own <= 1.0 us per hypercall over the bare exit, for every type; "own-host" is the
-monitor's cost beyond the floor.
+monitor's cost beyond the host call. Last, the loop's own dispatch cost (a no-op
+handler fed by a scripted vCPU, in process): host + that is what no handler can beat.
 
 Needs root for the tap device: the bench re-runs itself inside a network namespace
 it creates (`ip netns`), like tests/kvm/test_net.py.
@@ -170,6 +171,33 @@ def host_floor(kind, n, block, tap):
         os.close(null)
 
 
+def dispatch_floor(block, tap, n=20000, rounds=5):
+    """us per hypercall of loop.run itself, in process: a scripted vCPU hands it
+    WALLTIME exits and the handler does nothing. (with the flight recorder, without)"""
+    from ukdbg.tender import abi
+    out = []
+    for flight in (True, False):
+        runs = []
+        for _ in range(rounds):
+            m = machine("walltime", n, block, tap)
+            try:
+                m.hypercalls[abi.HC_WALLTIME] = lambda m, gpa: None
+                if not flight:
+                    m.flight = None
+                gpa = m.mem.size - 4096
+                m.mem.write(gpa + 64, abi.HC_HALT_ST.pack(0, 0))
+                ex = IoOut(abi.PIO_BASE + abi.HC_WALLTIME, 4, 1, gpa.to_bytes(4, "little"))
+                halt = IoOut(abi.PIO_BASE + abi.HC_HALT, 4, 1, (gpa + 64).to_bytes(4, "little"))
+                m.vcpu.run = iter([ex] * n + [halt]).__next__
+                c = _clock()
+                loop.run(m)
+                runs.append((_clock() - c) / n * 1e6)
+            finally:
+                m.close()
+        out.append(statistics.median(runs))
+    return out
+
+
 def measure(a):
     fd, block = tempfile.mkstemp(prefix="ukdbg-hcbench-", suffix=".img")
     os.ftruncate(fd, 1 << 20)
@@ -200,6 +228,9 @@ def measure(a):
                   + (f"   (own per round: {', '.join(f'{r[2]:+.2f}' for r in rows)})"
                      if a.verbose else ""))
         print(f"  worst own cost {worst:+.2f} us: goal {'met' if worst <= GOAL_US else 'NOT met'}")
+        with_fl, without = dispatch_floor(block, a.tap)
+        print(f"  the loop's own dispatch, a no-op handler, in process: {with_fl:.2f} us "
+              f"({without:.2f} without the flight recorder): with `host`, the floor of `own`")
     finally:
         os.unlink(block)
 
