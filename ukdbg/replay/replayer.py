@@ -722,16 +722,18 @@ def prepare(argv):
 
 
 class _Progress:
-    TICK = 0.2                           # seconds between redraws
     """The bar of a long replay on a terminal: events replayed of the recording's total
     (exact: the events are in memory). Once the delay has passed, a thread posts a
     redraw to the vCPU thread every TICK s, which the loop runs at its next exit; so the
     replay's hot path does not change. A redraw still waiting at the next tick (a guest
     computing without exits) gets a kick, which ends KVM_RUN: the bar shows and its
-    clock moves then too, at 2.5 kicks a second at most. It shares the terminal with the guest's console
-    without mixing: a console write hides it first, and it is drawn again only after a
-    tick without console output (a chatty guest's lines take its place; no flicker, no
-    redraw per line) and when the console's last line is complete."""
+    clock moves then too, at 2.5 kicks a second at most. It shares the terminal with
+    the guest's console without mixing: a console write hides it first, and it is drawn
+    again only after a tick without console output (a chatty guest's lines take its
+    place; no flicker, no redraw per line) and when the console's last line is
+    complete."""
+
+    TICK = 0.2                           # seconds between redraws
 
     def __init__(self, m, r, bar):
         import threading
