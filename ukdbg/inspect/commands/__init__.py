@@ -10,6 +10,17 @@ class CommandError(Exception):
     """A command cannot run with these arguments (one line for the user)."""
 
 
+def optional_int(args: str, command: str, what: str):
+    """A command's one optional number (decimal or 0x...), None when it has none."""
+    text = args.strip()
+    if not text:
+        return None
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise CommandError(f"{command}: expected {what}, got '{text}'") from None
+
+
 class Command:
     __slots__ = ("name", "module", "usage", "summary", "args")
 

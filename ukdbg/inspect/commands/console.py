@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, field
 
-from . import CommandError
+from . import optional_int
 
 
 @dataclass
@@ -25,13 +25,7 @@ def tail_lines(data: bytes, n=None) -> list:
 
 
 def run(session, args):
-    n = None
-    if args.strip():
-        try:
-            n = int(args.strip(), 0)
-        except ValueError:
-            raise CommandError(f"console: expected a number of lines, got '{args.strip()}'") \
-                from None
+    n = optional_int(args, "console", "a number of lines")
     f = session.facts
     data = f.console or b""
     all_lines = tail_lines(data)

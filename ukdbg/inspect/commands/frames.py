@@ -52,14 +52,8 @@ def row(session, f, with_source=False) -> FrameRow:
 
 
 def bt(session, args):
-    from . import CommandError
-    limit = None
-    if args.strip():
-        try:
-            limit = int(args.strip(), 0)
-        except ValueError:
-            raise CommandError(f"bt: expected a number of frames, got '{args.strip()}'") \
-                from None
+    from . import optional_int
+    limit = optional_int(args, "bt", "a number of frames")
     b = session.backtrace()
     frames = b.frames if limit is None else b.frames[:max(limit, 0)]
     return BacktraceView([row(session, f) for f in frames], b.end,
@@ -67,13 +61,9 @@ def bt(session, args):
 
 
 def frame(session, args):
-    from . import CommandError
-    if args.strip():
-        try:
-            n = int(args.strip(), 0)
-        except ValueError:
-            raise CommandError(f"frame: expected a frame number, got '{args.strip()}'") \
-                from None
+    from . import CommandError, optional_int
+    n = optional_int(args, "frame", "a frame number")
+    if n is not None:
         try:
             session.select(n)
         except ValueError as e:

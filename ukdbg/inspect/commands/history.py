@@ -8,7 +8,7 @@ the last REPORT_EVENTS of them.
 
 from dataclasses import dataclass, field
 
-from . import CommandError
+from . import CommandError, optional_int
 
 REPORT_EVENTS = 10
 
@@ -57,15 +57,9 @@ def rows(session, log, n=None) -> list:
 
 
 def run(session, args):
-    n = None
-    if args.strip():
-        try:
-            n = int(args.strip(), 0)
-        except ValueError:
-            raise CommandError(f"history: expected a number of events, got "
-                               f"'{args.strip()}'") from None
-        if n < 0:
-            raise CommandError("history: the number of events must be >= 0")
+    n = optional_int(args, "history", "a number of events")
+    if n is not None and n < 0:
+        raise CommandError("history: the number of events must be >= 0")
     try:
         log = session.flight_log()
     except ValueError as e:
