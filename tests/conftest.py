@@ -37,6 +37,30 @@ def build_fixtures() -> str:
     return BUILD
 
 
+@pytest.fixture
+def rt():
+    """A private runtime directory for monitors and the `ukdbg` commands that find them."""
+    from running import RuntimeDir
+    r = RuntimeDir()
+    yield r
+    r.cleanup()
+
+
+@pytest.fixture
+def monitors(rt):
+    """start(*args) -> a running.Monitor sharing `rt`; all are closed at the end."""
+    from running import Monitor
+    started = []
+
+    def start(*args, **kw):
+        m = Monitor(rt, *args, **kw)
+        started.append(m)
+        return m
+    yield start
+    for m in started:
+        m.close()
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir():
     return build_fixtures()

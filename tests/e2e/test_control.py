@@ -12,22 +12,8 @@ import time
 import pytest
 
 from helpers import ukdbg
-from running import Monitor
 
 pytestmark = pytest.mark.kvm
-
-
-@pytest.fixture
-def monitors(rt):
-    started = []
-
-    def start(*args, **kw):
-        m = Monitor(rt, *args, **kw)
-        started.append(m)
-        return m
-    yield start
-    for m in started:
-        m.close()
 
 
 def raw(sock_path, *lines, timeout=5.0):

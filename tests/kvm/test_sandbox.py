@@ -12,7 +12,7 @@ import time
 import pytest
 
 from helpers import gdb_path, ukdbg
-from running import Monitor, RuntimeDir
+from running import RuntimeDir
 
 from ukdbg import sandbox, sandbox_policy
 
@@ -37,26 +37,6 @@ def request(sock, obj, timeout=10.0):
         buf += chunk
     s.close()
     return json.loads(buf)
-
-
-@pytest.fixture
-def rt():
-    r = RuntimeDir()
-    yield r
-    r.cleanup()
-
-
-@pytest.fixture
-def monitors(rt):
-    started = []
-
-    def start(*args, **kw):
-        m = Monitor(rt, *args, **kw)
-        started.append(m)
-        return m
-    yield start
-    for m in started:
-        m.close()
 
 
 def running(m, rt):
