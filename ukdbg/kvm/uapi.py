@@ -223,6 +223,10 @@ class kvm_sregs:
         s.interrupt_bitmap = t[7:]
         return s
 
+    def paging(self) -> tuple:
+        """(cr0, cr3, cr4, efer): what a page walk needs."""
+        return self.cr0, self.cr3, self.cr4, self.efer
+
     def pack(self) -> bytes:
         return b"".join([getattr(self, n).pack() for n in SEGMENT_NAMES]
                         + [self.gdt.pack(), self.idt.pack(),

@@ -157,8 +157,7 @@ class VcpuFd:
             cr0, _cr2, cr3, cr4, _cr8, efer = _PAGING.unpack_from(
                 self.run_map, uapi.RUN_SYNC_SREGS + 224)
             return cr0, cr3, cr4, efer
-        s = self.get_sregs()
-        return s.cr0, s.cr3, s.cr4, s.efer
+        return self.get_sregs().paging()
 
     def get_sregs(self) -> uapi.kvm_sregs:
         if self._sync & 2:

@@ -47,15 +47,10 @@ class DebugControl:
         self.hold = False
 
     # --- address translation (guest-virtual -> guest-physical, current page tables) ---
-    def translate(self, gva: int, sregs=None):
-        """gpa for gva, or None when unmapped (walks the guest's tables). sregs: the
-        kvm_sregs or (cr0, cr3, cr4, efer) to walk with (default: the vCPU's now)."""
-        if sregs is None:
-            cr0, cr3, cr4, efer = self.m.vcpu.paging_regs()
-        elif sregs.__class__ is tuple:
-            cr0, cr3, cr4, efer = sregs
-        else:
-            cr0, cr3, cr4, efer = sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer
+    def translate(self, gva: int, paging=None):
+        """gpa for gva, or None when unmapped (walks the guest's tables). paging:
+        (cr0, cr3, cr4, efer) to walk with (kvm_sregs.paging(); default: the vCPU's now)."""
+        cr0, cr3, cr4, efer = paging or self.m.vcpu.paging_regs()
         mem = self.m.mem
 
         def rd(gpa):
@@ -80,16 +75,16 @@ class DebugControl:
         self.apply()
         return True
 
-    def add_sw_many(self, gvas, owner: str, sregs=None) -> list:
-        """add_sw for many addresses with one translation context and one
-        KVM_SET_GUEST_DEBUG; returns the addresses planted."""
-        sregs = sregs or self.m.vcpu.paging_regs()
+    def add_sw_many(self, gvas, owner: str, paging=None) -> list:
+        """add_sw for many addresses with one translation context (translate's paging)
+        and one KVM_SET_GUEST_DEBUG; returns the addresses planted."""
+        paging = paging or self.m.vcpu.paging_regs()
         done = []
         pages = {}                   # one page walk per page (traps.py: 16 handlers)
         for gva in gvas:
             page = gva >> 12
             if page not in pages:
-                pages[page] = self.translate(page << 12, sregs)
+                pages[page] = self.translate(page << 12, paging)
             gpa = pages[page]
             if gpa is None:
                 continue
@@ -108,8 +103,8 @@ class DebugControl:
             self.apply()
         return done
 
-    def remove_sw(self, gva: int, owner: str, sregs=None) -> bool:
-        gpa = self.translate(gva, sregs)
+    def remove_sw(self, gva: int, owner: str, paging=None) -> bool:
+        gpa = self.translate(gva, paging)
         bp = self.sw.get(gpa) if gpa is not None else None
         if bp is None or owner not in bp.owners:
             return False

@@ -67,7 +67,7 @@ class TrapHooks:
             gva = s.idt.base + off
             page = gva >> 12
             if page not in pages:
-                pages[page] = dc.translate(page << 12, s)
+                pages[page] = dc.translate(page << 12, s.paging())
             gpa = pages[page]
             if gpa is not None:
                 gpa += gva & 0xFFF
@@ -81,7 +81,7 @@ class TrapHooks:
         if not handlers:
             return
         dc.handlers["trap"] = self.on_hit
-        for h in dc.add_sw_many(handlers, "trap", s):
+        for h in dc.add_sw_many(handlers, "trap", s.paging()):
             self.by_handler[h] = handlers[h]
         self.armed = bool(self.by_handler)
 
@@ -103,8 +103,9 @@ class TrapHooks:
         ec = None
         try:
             words = []
+            paging = ksregs.paging()
             for i in range(6):
-                gpa = dc.translate(frame + 8 * i, ksregs)
+                gpa = dc.translate(frame + 8 * i, paging)
                 words.append(m.mem.read_u64(gpa) if gpa is not None else 0)
         except Exception:
             words = [0] * 6

@@ -51,7 +51,7 @@ class MachineView(ReadOnly):
             if self.m.vcpu.sync_bits & 2:
                 return self.m.vcpu.paging_regs()
             s = self.sregs()                  # one KVM_GET_SREGS per stop
-        return s.cr0, s.cr3, s.cr4, s.efer
+        return s.paging()
 
     # --- registers ---------------------------------------------------------------------------
     def read_registers(self):
