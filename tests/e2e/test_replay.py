@@ -19,6 +19,22 @@ import pytest
 
 from helpers import ROOT, Background, gdb_path, need_tap_netns, tap_netns, ukdbg
 
+
+def stub_address(g, end=","):
+    """The address a monitor's gdb stub listens on (its stderr line), once it is up."""
+    pattern = r"listening on (\S+?)" + end
+    return g.wait_for(lambda: (re.search(pattern, g.stderr()) or [None, None])[1],
+                      "the stub")
+
+
+def gdb_batch_argv(addr, exe, *cmds):
+    """gdb -batch connected to addr, running cmds on exe's symbols."""
+    argv = ["gdb", "-q", "-nx", "-batch", "-ex", "set confirm off",
+            "-ex", f"target remote {addr}"]
+    for c in cmds:
+        argv += ["-ex", c]
+    return argv + [exe]
+
 pytestmark = pytest.mark.kvm
 
 
@@ -171,13 +187,10 @@ def test_gdb_writes_while_recording_are_replayed(app, tmp_path):
     rec = os.path.join(str(tmp_path), "g.rec")
     with Background(["run", "--mem=8", "--no-control", "--no-core", "--record", rec,
                      "--gdb", "127.0.0.1:0", "--gdb-wait", app("nondet")]) as g:
-        addr = g.wait_for(lambda: (re.search(r"listening on (\S+?),", g.stderr()) or
-                                   [None, None])[1], "the stub")
-        out = subprocess.run(["gdb", "-q", "-nx", "-batch", "-ex", "set confirm off",
-                              "-ex", f"target remote {addr}", "-ex", "break corrupt",
-                              "-ex", "continue", "-ex", "return",
-                              "-ex", "set var total = 424242", "-ex", "continue",
-                              app("nondet")], capture_output=True, text=True, timeout=120)
+        addr = stub_address(g)
+        out = subprocess.run(gdb_batch_argv(addr, app("nondet"), "break corrupt", "continue",
+                                            "return", "set var total = 424242", "continue"),
+                             capture_output=True, text=True, timeout=120)
         assert g.wait(60) == 0, out.stdout + out.stderr + g.stderr()
         live = g.stdout()
     assert "nondet: survived, total=" in live
@@ -343,15 +356,12 @@ def test_gdb_on_a_replay_breaks_steps_and_reads_registers(app, tmp_path):
     r, rec = record(tmp, app("nondet"), extra=("--no-core",))
     with Background(["replay", "--no-core", "--gdb", "127.0.0.1:0", "--gdb-wait",
                      rec]) as g:
-        addr = g.wait_for(lambda: (re.search(r"listening on (\S+?),", g.stderr()) or
-                                   [None, None])[1], "the stub")
+        addr = stub_address(g)
         out = subprocess.run(
-            ["gdb", "-q", "-nx", "-batch", "-ex", "set confirm off",
-             "-ex", f"target remote {addr}", "-ex", "break corrupt", "-ex", "continue",
-             "-ex", "bt", "-ex", "print victim", "-ex", "stepi", "-ex", "stepi",
-             "-ex", "info registers rip rsp eflags r15", "-ex", "watch victim",
-             "-ex", "continue", "-ex", "print victim", "-ex", "delete",
-             "-ex", "continue", app("nondet")],
+            gdb_batch_argv(addr, app("nondet"), "break corrupt", "continue", "bt",
+                           "print victim", "stepi", "stepi",
+                           "info registers rip rsp eflags r15", "watch victim", "continue",
+                           "print victim", "delete", "continue"),
             capture_output=True, text=True, timeout=180)
         text = out.stdout + out.stderr
         assert g.wait(60) == 255, text + g.stderr()
@@ -399,12 +409,9 @@ def test_ctrl_c_in_gdb_stops_a_replay_and_it_resumes_on_course(app, tmp_path):
         g.proc.send_signal(signal.SIGTERM)
         assert g.wait() == 143
     with Background(["replay", "--no-core", "--gdb", "127.0.0.1:0", rec]) as g:
-        addr = g.wait_for(lambda: (re.search(r"listening on (\S+?)(?:,|: )", g.stderr()) or
-                                   [None, None])[1], "the stub")
-        p = subprocess.Popen(["gdb", "-q", "-nx", "-batch", "-ex", "set confirm off",
-                              "-ex", f"target remote {addr}", "-ex", "continue",
-                              "-ex", "bt", "-ex", "print spin_counter > 0",
-                              "-ex", "detach", app("loop")],
+        addr = stub_address(g, end="(?:,|: )")
+        p = subprocess.Popen(gdb_batch_argv(addr, app("loop"), "continue", "bt",
+                                            "print spin_counter > 0", "detach"),
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         time.sleep(1.5)
         p.send_signal(signal.SIGINT)
@@ -453,13 +460,11 @@ def test_a_gdb_write_during_replay_is_a_divergence_the_user_chose(app, tmp_path)
     r, rec = record(tmp, app("nondet"), extra=("--no-core",))
     with Background(["replay", "--no-core", "--gdb", "127.0.0.1:0", "--gdb-wait",
                      rec]) as g:
-        addr = g.wait_for(lambda: (re.search(r"listening on (\S+?),", g.stderr()) or
-                                   [None, None])[1], "the stub")
+        addr = stub_address(g)
         out = subprocess.run(
-            ["gdb", "-q", "-nx", "-batch", "-ex", "set confirm off",
-             "-ex", f"target remote {addr}", "-ex", "break corrupt", "-ex", "continue",
-             "-ex", "return", "-ex", "continue", "-ex", "bt", "-ex", "continue",
-             app("nondet")], capture_output=True, text=True, timeout=180)
+            gdb_batch_argv(addr, app("nondet"), "break corrupt", "continue", "return",
+                           "continue", "bt", "continue"),
+            capture_output=True, text=True, timeout=180)
         text = out.stdout + out.stderr
         assert g.wait(60) == 125, text + g.stderr()
         err = g.stderr()
@@ -481,14 +486,9 @@ def test_gdb_stepping_over_a_trapped_rdtsc_records_and_replays_it(app, tmp_path)
 
     def session(argv):
         with Background(argv) as g:
-            addr = g.wait_for(lambda: (re.search(r"listening on (\S+?),", g.stderr()) or
-                                       [None, None])[1], "the stub")
-            argv_gdb = ["gdb", "-q", "-nx", "-batch", "-ex", "set confirm off",
-                        "-ex", f"target remote {addr}"]
-            for c in cmds:
-                argv_gdb += ["-ex", c]
-            out = subprocess.run(argv_gdb + [app("nondet")], capture_output=True,
-                                 text=True, timeout=180)
+            addr = stub_address(g)
+            out = subprocess.run(gdb_batch_argv(addr, app("nondet"), *cmds),
+                                 capture_output=True, text=True, timeout=180)
             rc = g.wait(60)
             return rc, g.stdout(), out.stdout + out.stderr
     rc, live, text = session(["run", "--mem=8", "--no-control", "--no-core", "--record",
