@@ -48,6 +48,7 @@ class FakeVcpu:
         self.debug.append((control, tuple(dr)))
 
     sync_bits = 0
+    mirrors_sregs = False
 
     def set_sync_regs(self, bits):
         self.sync_bits = bits

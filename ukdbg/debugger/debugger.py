@@ -39,6 +39,7 @@ class LiveDebugger:
         self.watch = Watchpoints(self.m, self._translate)
         self.stepping = False
         self.attached = False
+        self._sync_before = 0         # the vCPU's register mirror before attach()
         self.dead = None              # the terminal stop, once the guest cannot run on
         self.sw = set()               # gva of our software breakpoints
         self.hw = set()
@@ -69,7 +70,7 @@ class LiveDebugger:
         self.watch.clear()
         self.stepping = False
         self.dc.set_single_step(False)
-        self.m.vcpu.set_sync_regs(getattr(self, "_sync_before", 0))
+        self.m.vcpu.set_sync_regs(self._sync_before)
         traps = getattr(self.m, "traps", None)
         if traps is not None:
             traps.policy = "continue"

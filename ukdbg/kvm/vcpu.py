@@ -26,6 +26,7 @@ _EFAULT = _errno.EFAULT
 _EXIT = uapi.RUN_REASON_IO_RIP
 _MSRS = struct.Struct("<IIIIQ")      # struct kvm_msrs with one kvm_msr_entry
 _U64 = struct.Struct("<Q")
+_REGS, _SREGS = uapi.KVM_SYNC_X86_REGS, uapi.KVM_SYNC_X86_SREGS
 _PAGING = struct.Struct("<6Q")       # kvm_sregs at 224: cr0, cr2, cr3, cr4, cr8, efer
 
 
@@ -126,6 +127,11 @@ class VcpuFd:
     def sync_bits(self) -> int:
         return self._sync
 
+    @property
+    def mirrors_sregs(self) -> bool:
+        """get_sregs() and paging_regs() read kvm_run (no ioctl)."""
+        return bool(self._sync & _SREGS)
+
     def set_sync_regs(self, bits: int) -> None:
         """Mirror the registers named by bits (KVM_SYNC_X86_REGS|SREGS; 0: none)."""
         run = self.run_map
@@ -140,34 +146,34 @@ class VcpuFd:
         self._sync = bits
 
     def get_regs(self) -> uapi.kvm_regs:
-        if self._sync & 1:
+        if self._sync & _REGS:
             return uapi.kvm_regs.unpack(self.run_map, uapi.RUN_SYNC_REGS)
         return uapi.kvm_regs.unpack(self._get(uapi.KVM_GET_REGS, "KVM_GET_REGS", 144))
 
     def set_regs(self, regs: uapi.kvm_regs) -> None:
         raw = regs.pack()
         self._set(uapi.KVM_SET_REGS, "KVM_SET_REGS", raw)
-        if self._sync & 1:
+        if self._sync & _REGS:
             self.run_map[uapi.RUN_SYNC_REGS:uapi.RUN_SYNC_REGS + len(raw)] = raw
 
     def paging_regs(self):
         """(cr0, cr3, cr4, efer): what a page walk needs, from the mirror when sregs
         are mirrored (no decoding of the segments), else from KVM_GET_SREGS."""
-        if self._sync & 2:
+        if self._sync & _SREGS:
             cr0, _cr2, cr3, cr4, _cr8, efer = _PAGING.unpack_from(
                 self.run_map, uapi.RUN_SYNC_SREGS + 224)
             return cr0, cr3, cr4, efer
         return self.get_sregs().paging()
 
     def get_sregs(self) -> uapi.kvm_sregs:
-        if self._sync & 2:
+        if self._sync & _SREGS:
             return uapi.kvm_sregs.unpack(self.run_map, uapi.RUN_SYNC_SREGS)
         return uapi.kvm_sregs.unpack(self._get(uapi.KVM_GET_SREGS, "KVM_GET_SREGS", 312))
 
     def set_sregs(self, sregs: uapi.kvm_sregs) -> None:
         raw = sregs.pack()
         self._set(uapi.KVM_SET_SREGS, "KVM_SET_SREGS", raw)
-        if self._sync & 2:
+        if self._sync & _SREGS:
             self.run_map[uapi.RUN_SYNC_SREGS:uapi.RUN_SYNC_SREGS + len(raw)] = raw
 
     def get_fpu(self) -> uapi.kvm_fpu:
@@ -239,7 +245,7 @@ class VcpuFd:
             ioctl_inout(self.fd, uapi.KVM_SET_MSRS, buf)
         except OSError as e:
             raise KvmError("KVM_SET_MSRS", e.errno) from None
-        if self._sync & uapi.KVM_SYNC_X86_SREGS:
+        if self._sync & _SREGS:
             self.set_sync_regs(self._sync)     # EFER is in sregs: refresh the mirror
 
     def get_vcpu_events(self) -> uapi.kvm_vcpu_events:

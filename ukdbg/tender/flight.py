@@ -30,6 +30,7 @@ loop.run appends them as loop.py does and counts them in m.stats.hypercalls: tot
 from _collections import deque
 from time import monotonic
 
+from ..kvm import uapi
 from . import abi
 
 DEFAULT = 1024
@@ -133,5 +134,5 @@ def setup(m, opts) -> None:
     if n <= 0:
         return
     m.flight = FlightRecorder(m, n)
-    if m.caps.get("sync_regs", 0) & 1:      # KVM_SYNC_X86_REGS
+    if m.caps.get("sync_regs", 0) & uapi.KVM_SYNC_X86_REGS:
         m.vcpu.enable_sync_regs()

@@ -48,7 +48,7 @@ class MachineView(ReadOnly):
         segments when kvm_run mirrors the sregs."""
         s = self._sregs
         if s is None:
-            if self.m.vcpu.sync_bits & 2:
+            if self.m.vcpu.mirrors_sregs:
                 return self.m.vcpu.paging_regs()
             s = self.sregs()                  # one KVM_GET_SREGS per stop
         return s.paging()
@@ -100,7 +100,7 @@ class MachineView(ReadOnly):
         mem = self.m.mem
         dc = self.m.debug
         if self._sregs is None and 0 < size <= 0x1000 - (addr & 0xFFF) \
-                and not self.m.vcpu.sync_bits & 2:
+                and not self.m.vcpu.mirrors_sregs:
             # One page, first use in this stop (a debugger's stack read after each
             # step): KVM_TRANSLATE costs far less than KVM_GET_SREGS + a page walk
             # (unless kvm_run mirrors the sregs: then the walk needs no ioctl).

@@ -47,7 +47,8 @@ def setup(m, opts) -> None:
                 return None
             if not net_poll:
                 net_poll.append(_poller(nets))
-            ready = net_poll[0].poll(0)       # [(fd, events)]
+            events = net_poll[0].poll(0)
+            ready = [fd for fd, _ in events] if events else ()
         else:
             fds = list(nets)
             deadline = time.monotonic() + timeout_ns / 1e9
@@ -57,9 +58,8 @@ def setup(m, opts) -> None:
                 if ready or stop is not None or remaining <= 0 or \
                         time.monotonic() >= deadline:
                     break
-            ready = [(fd, 0) for fd in ready]
         ready_set = 0
-        for fd, _ in ready:
+        for fd in ready:
             ready_set |= 1 << nets[fd]
         put_ready(raw, gpa + _POLL_OUT_OFF, ready_set, len(ready))
         return stop
