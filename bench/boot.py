@@ -153,6 +153,11 @@ def leaked(argv, env, src):
 
 OPEN_CODE = """
 import os, sys, time
+try:
+    from ukdbg.preload import preload   # as `ukdbg run` starts (absent in old trees)
+    preload()
+except ImportError:
+    pass
 from ukdbg import run as R
 m = R.prepare(sys.argv[1:])
 try:

@@ -16,8 +16,8 @@ importing it and compiling costs ~30-100 ms (ctypes, typing, a `ldconfig -p`), f
 the 2 ms budget. So the compiled program is cached in ~/.cache/ukdbg (0700, checked to
 be the user's own), keyed by the policy file's size and mtime: the first run compiles it with
 libseccomp and loads it with libseccomp's seccomp_load(); every later run loads
-libseccomp's cached program with one seccomp(2) call through the C-level _ctypes
-module (~0.3 ms). No BPF is written by hand here.
+libseccomp's cached program with one seccomp(2) call through native.py (the C-level
+_ctypes module). No BPF is written by hand here.
 """
 
 import os
@@ -165,40 +165,18 @@ def _audit() -> bool:
 
 def _load_bpf(bpf: bytes) -> None:
     """prctl(PR_SET_NO_NEW_PRIVS) and seccomp(SECCOMP_SET_MODE_FILTER) with libseccomp's
-    compiled program, through the C-level _ctypes (ctypes' own import costs ~1.7 ms)."""
-    import _ctypes
-
-    class c_long(_ctypes._SimpleCData):
-        _type_ = "l"
-
-    class c_char(_ctypes._SimpleCData):
-        _type_ = "c"
-
-    class Syscall(_ctypes.CFuncPtr):
-        _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
-        _restype_ = c_long
-        _argtypes_ = (c_long,) * 6
-
-    class Prog(_ctypes.Array):
-        _type_ = c_char
-        _length_ = len(bpf)
-
-    class Fprog(_ctypes.Array):
-        _type_ = c_char
-        _length_ = 16
-
-    syscall = Syscall(_ctypes.dlsym(_ctypes.dlopen(None, 0), "syscall"))
-    prog = Prog.from_buffer_copy(bpf)
-    fprog = Fprog.from_buffer_copy(
-        (len(bpf) // 8).to_bytes(8, "little") + _ctypes.addressof(prog).to_bytes(8, "little"))
-    # SYS_prctl = 157, PR_SET_NO_NEW_PRIVS = 38; SYS_seccomp = 317, SET_MODE_FILTER = 1
-    # SECCOMP_FILTER_FLAG_LOG (2) with UKDBG_SANDBOX_AUDIT=1: the kernel also logs
-    # each refusal (dmesg, "audit: type=1326 ... syscall=N"), even those ukdbg ignores.
-    flags = 2 if _audit() else 0
-    for args in ((157, 38, 1, 0, 0, 0), (317, 1, flags, _ctypes.addressof(fprog), 0, 0)):
-        if syscall(*args) != 0:
-            e = _ctypes.get_errno()
-            raise OSError(e, os.strerror(e))
+    compiled program, through native.py (the C-level _ctypes: ctypes' own import costs
+    ~1.7 ms)."""
+    from . import native
+    prog = native.Buffer(bpf)
+    # struct sock_fprog: u16 len (padded to 8), then the program's address
+    fprog = native.Buffer((len(bpf) // 8).to_bytes(8, "little")
+                          + prog.address.to_bytes(8, "little"))
+    # PR_SET_NO_NEW_PRIVS = 38; SECCOMP_SET_MODE_FILTER = 1, and with
+    # UKDBG_SANDBOX_AUDIT=1 SECCOMP_FILTER_FLAG_LOG (2): the kernel also logs each
+    # refusal (dmesg, "audit: type=1326 ... syscall=N"), even those ukdbg ignores.
+    native.syscall(native.SYS_PRCTL, 38, 1)
+    native.syscall(native.SYS_SECCOMP, 1, 2 if _audit() else 0, fprog.address)
 
 
 # --- reports ---------------------------------------------------------------------------

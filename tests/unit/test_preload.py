@@ -169,3 +169,29 @@ cli.main(["run", "--no-control", sys.argv[1]])  # no timing-dependent socket
                        env=dict(os.environ, PYTHONPATH=str(src), **env))
     assert r.returncode == 0, r.stderr
     assert any(ln.endswith(" ukdbg.tender.machine") for ln in r.stderr.splitlines())
+
+
+def test_a_deferred_module_runs_from_the_cache_only_when_imported(tmp_path):
+    """control_listener is in the file but runs at its import (runs over 10 ms), served
+    by a finder that leaves once it has nothing more to serve."""
+    src = _copy_tree(tmp_path)
+    assert _py(src, BUILD).returncode == 0
+    code = """
+import sys
+from ukdbg import preload
+name = "ukdbg.tender.modules.control_listener"
+assert preload.DEFERRED == (name,)
+assert preload.load()
+assert name not in sys.modules
+finders = [f for f in sys.meta_path if type(f).__name__ == "_Deferred"]
+assert len(finders) == 1 and name in finders[0].codes
+import ukdbg.tender.modules.control_listener as cl
+assert cl.__file__.endswith("ukdbg/tender/modules/control_listener.py"), cl.__file__
+assert cl.__loader__.get_source(name).startswith('\"\"\"')
+assert cl.open_control.__code__.co_filename == cl.__file__
+assert sys.modules["ukdbg.tender.modules"].control_listener is cl
+assert not [f for f in sys.meta_path if type(f).__name__ == "_Deferred"]
+print("OK")
+"""
+    r = _py(src, code)
+    assert r.returncode == 0 and "OK" in r.stdout, r.stderr

@@ -1,12 +1,10 @@
-"""ukdbg/kvm/libc.py: ioctl and the few process facts the kvm layer needs, without ctypes.
+"""ukdbg/kvm/libc.py: ioctl for the kvm layer, without ctypes.
 
-ctypes costs ~2 ms to import and the run path has an 8 ms budget, so ioctls go through
-fcntl.ioctl (which returns EINTR as an exception instead of retrying) and the address
-of guest RAM is read from /proc/self/maps.
+ctypes costs ~2 ms to import and the run path has a 6 ms budget, so ioctls go through
+fcntl.ioctl (which returns EINTR as an exception instead of retrying).
 """
 
 import fcntl
-import os
 
 _ioctl = fcntl.ioctl
 
@@ -20,16 +18,3 @@ def ioctl(fd: int, request: int, arg=0):
 def ioctl_inout(fd: int, request: int, buf: bytearray) -> int:
     """ioctl(2) that the kernel may write into: buf (any size) is updated in place."""
     return _ioctl(fd, request, buf, True)
-
-
-def mapping_address(memfd_name: str, size: int) -> int:
-    """Start address of this process's MAP_SHARED mapping of memfd `memfd_name`."""
-    want = f"/memfd:{memfd_name}"
-    with open(f"/proc/{os.getpid()}/maps", "rb") as f:
-        for line in f.read().decode("latin-1").splitlines():
-            parts = line.split(None, 5)
-            if len(parts) == 6 and parts[5].split(" (deleted)")[0] == want:
-                lo, hi = (int(x, 16) for x in parts[0].split("-"))
-                if hi - lo == size:
-                    return lo
-    raise OSError(f"mapping of memfd {memfd_name} not found in /proc/self/maps")

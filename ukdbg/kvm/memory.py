@@ -27,7 +27,7 @@ class GuestMemory:
             raise ValueError(f"guest memory size {size:#x} is not a positive page multiple")
         self.size = size
         GuestMemory._serial += 1
-        # A unique name lets host_address find this mapping in /proc/self/maps.
+        # A unique name: the mapping is recognisable in /proc/PID/maps.
         self.name = f"ukdbg-guest-{os.getpid()}-{GuestMemory._serial}"
         self.fd = os.memfd_create(self.name, os.MFD_CLOEXEC)
         os.ftruncate(self.fd, size)
@@ -46,9 +46,11 @@ class GuestMemory:
 
     @property
     def host_address(self) -> int:
-        """Where RAM is mapped in this process (for KVM_SET_USER_MEMORY_REGION)."""
-        from .libc import mapping_address
-        return mapping_address(self.name, self.size)
+        """Where RAM is mapped in this process (for KVM_SET_USER_MEMORY_REGION): asked
+        of the mapping itself (native.py's _ctypes, loaded by every run for the sandbox)
+        rather than found in /proc/self/maps (0.15 ms)."""
+        from ..native import buffer_address
+        return buffer_address(self._map)
 
     # --- checks -------------------------------------------------------------------------
     def check(self, gpa: int, size: int) -> None:

@@ -8,6 +8,7 @@ Plain ints, not IntEnum: the run path must not import `enum` either.
 """
 
 import _struct as struct  # not struct.py: one import less at start-up
+from itertools import repeat as _repeat
 
 # --- ioctl numbers (Documentation/virt/kvm/api.rst), grouped by file descriptor ------
 # /dev/kvm
@@ -127,6 +128,9 @@ assert RUN_REASON_IO_RIP.size == RUN_UNION + RUN_IO_RIP.size
 
 
 # --- records ------------------------------------------------------------------------------
+FILL_AFTER = 16         # unpacks of a Record class before its fill is generated
+
+
 class Record:
     """A fixed C struct as a mutable record: ST (struct.Struct) and FIELDS in order."""
     __slots__ = ()
@@ -143,17 +147,26 @@ class Record:
 
     @classmethod
     def unpack(cls, buf, offset=0):
-        fill = cls.__dict__.get("_fill")
-        if fill is None:
-            fill = cls._make_fill()
         r = cls.__new__(cls)
-        fill(r, cls.ST.unpack_from(buf, offset))
+        values = cls.ST.unpack_from(buf, offset)
+        fill = cls.__dict__.get("_fill")
+        if fill is not None:
+            fill(r, values)
+            return r
+        # The first uses (a plain run's few) set the fields through C-level calls; a
+        # class decoded often (kvm_regs at every debugger stop) gets a generated fill,
+        # 4x faster per call but ~0.1-0.2 ms to compile: not a cost for start-up.
+        any(map(setattr, _repeat(r), cls.FIELDS, values))
+        n = cls.__dict__.get("_unpacked", 0) + 1
+        cls._unpacked = n
+        if n >= FILL_AFTER:
+            cls._make_fill()
         return r
 
     @classmethod
     def _make_fill(cls):
-        """fill(record, values): one generated assignment per field, made on first use
-        (a debugger decodes kvm_regs at every stop; a setattr loop costs 5x more)."""
+        """fill(record, values): one generated assignment per field (a setattr loop,
+        even a C-level one, costs 4x more)."""
         body = "\n".join(f"    r.{f} = v[{i}]" for i, f in enumerate(cls.FIELDS)) or "    pass"
         ns = {}
         exec(f"def fill(r, v):\n{body}\n", ns)

@@ -53,6 +53,7 @@ class Events:
         self.blocked = BLOCKED
         self._wake_r = self._wake_w = -1
         self._sigio_was_blocked = None
+        self._poll = None            # native.Poller, made at the first wait
 
     def watch_signal(self, signo: int, handler) -> None:
         """Route signo to handler(m, signo) -> Stop | None. Before arm() for signals
@@ -167,14 +168,18 @@ class Events:
     def _poll_sources(self):
         if not self.sources:
             return
-        import select
-        p = select.poll()
-        for fd in self.sources:
-            p.register(fd, select.POLLIN)
-        for fd, _ev in p.poll(0):
+        for fd in self._poller().poll(list(self.sources), 0):
             cb = self.sources.get(fd)
             if cb is not None:
                 self._request(cb(self.m))
+
+    def _poller(self):
+        # poll(2) through native.py: _ctypes is loaded anyway (the sandbox), select.so
+        # would be one more shared object to load in every run that sleeps
+        if self._poll is None:
+            from ..native import Poller
+            self._poll = Poller()
+        return self._poll
 
     def wait(self, fds=(), timeout=None):
         """Block until one of fds is readable, a signal/kick arrives, or timeout (s).
@@ -182,19 +187,14 @@ class Events:
         Async sources and signals are serviced here. Returns (ready_fds, stop): a
         non-None stop means the caller should give up its wait and return it.
         """
-        import select
         if self._wake_r < 0:
             self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        p = select.poll()
-        for fd in fds:
-            p.register(fd, select.POLLIN)
-        p.register(self._wake_r, select.POLLIN)
-        for fd in self.sources:
-            p.register(fd, select.POLLIN)
+        watched = [*fds, self._wake_r, *self.sources]
+        poller = self._poller()
         # poll() takes an int of milliseconds; a guest may ask for centuries (POLL's
         # timeout is the guest's u64): wait at most ~24 days per call, callers loop.
-        ms = None if timeout is None else min(max(0, int(timeout * 1000 + 0.999)), 2**31 - 1)
-        if self.idle_hooks and ms != 0 and not p.poll(0):
+        ms = -1 if timeout is None else min(max(0, int(timeout * 1000 + 0.999)), 2**31 - 1)
+        if self.idle_hooks and ms != 0 and not poller.poll(watched, 0):
             for fn in self.idle_hooks:
                 fn()
         old_fd = _signal.set_wakeup_fd(self._wake_w, warn_on_full_buffer=False) \
@@ -202,7 +202,7 @@ class Events:
         if self.armed:
             _signal.pthread_sigmask(_signal.SIG_UNBLOCK, self.blocked)
         try:
-            events = p.poll(ms)
+            events = poller.poll(watched, ms)
         finally:
             if self.armed:
                 _signal.pthread_sigmask(_signal.SIG_BLOCK, self.blocked)
@@ -213,7 +213,7 @@ class Events:
         except BlockingIOError:
             pass
         ready = []
-        for fd, _ev in events:
+        for fd in events:
             if fd == self._wake_r:
                 continue
             cb = self.sources.get(fd)

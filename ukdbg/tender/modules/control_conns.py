@@ -28,6 +28,8 @@ class Conn:
 
 def on_listen(ctl, m):
     flush_all(ctl)
+    if ctl.sock is None:        # the listener opened without _socket (native.py)
+        ctl.sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM, 0, ctl.fd)
     while True:
         try:
             fd, _ = ctl.sock._accept()

@@ -4,7 +4,8 @@ A listening unix socket, <runtime dir>/<pid>.sock (mode 0600), is an events asyn
 source: a request interrupts KVM_RUN (SIGIO) and is answered on the vCPU thread between
 two exits, so a busy guest still answers and nothing needs a lock. Connections are
 non-blocking. Opened by control.py while the guest runs, so opening must stay cheap
-(issue 12: 1 ms or less): only C-level modules here, and only the opening; serving
+(issue 12: 1 ms or less): no module but ukdbg/native.py here (socket, bind and listen
+through _ctypes, loaded anyway by the sandbox), and only the opening; serving
 connections (control_conns.py) is imported with the first client, the protocol
 (control_server, with json) when the first request line arrives.
 
@@ -17,10 +18,10 @@ module to import when the socket opens); ukdbg/control/paths.py re-exports it fo
 clients.
 """
 
-import _socket
 import os
 import sys
 
+from ... import native
 from ...files import read_to_end
 
 MAX_LINE = 64 * 1024        # a longer request line ends the connection
@@ -154,28 +155,23 @@ class Control:
                           "monitor could not tell its owner from other users")
         d = ensure_runtime_dir()
         path = socket_path(os.getpid(), d)
-        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
         try:
-            try:
-                os.unlink(path)        # left by a dead monitor that had our pid
-            except FileNotFoundError:
-                pass
-            old = os.umask(0o177)      # born 0600: no window with wider permissions
-            try:
-                s.bind(path)
-            finally:
-                os.umask(old)
-            try:
-                s.listen(64)
-                s.setblocking(False)
-                m.events.add_source(s.fileno(), self.on_listen)
-            except OSError:
-                os.unlink(path)
-                raise
+            os.unlink(path)            # left by a dead monitor that had our pid
+        except FileNotFoundError:
+            pass
+        old = os.umask(0o177)          # born 0600: no window with wider permissions
+        try:
+            fd = native.unix_listener(path, 64)
+        finally:
+            os.umask(old)
+        try:
+            m.events.add_source(fd, self.on_listen)
         except OSError:
-            s.close()
+            os.unlink(path)
+            os.close(fd)
             raise
-        self.sock = s
+        self.fd = fd
+        self.sock = None             # a _socket.socket of fd, made with the first client
         self.path = path
         # `ukdbg run` ends through os._exit after the ending hooks (which remove the
         # socket); atexit covers the runs that end in an exception instead.
@@ -212,8 +208,11 @@ class Control:
             self._drop(c)
         if self.path is None:
             return
-        self.m.events.remove_source(self.sock.fileno())
-        self.sock.close()
+        self.m.events.remove_source(self.fd)
+        if self.sock is not None:
+            self.sock.close()
+        else:
+            os.close(self.fd)
         try:
             os.unlink(self.path)
         except OSError:
