@@ -219,6 +219,25 @@ def _module_imports(tree, name: str, is_pkg: bool) -> list:
     return [n for n in found if n.split(".")[0] == "ukdbg" and _source(n)]
 
 
+def _without_docstrings(tree):
+    """The module without its docstrings (as -OO, but asserts stay): ~11% less code to
+    unmarshal and keep at every run. Nothing on the run path reads __doc__; an import
+    of the same module outside `ukdbg run` has them."""
+    import ast
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                             ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and \
+                    isinstance(body[0].value, ast.Constant) and \
+                    isinstance(body[0].value.value, str):
+                if len(body) > 1:
+                    del body[0]
+                else:
+                    body[0] = ast.copy_location(ast.Pass(), body[0])
+    return tree
+
+
 def build(path=None) -> list:
     """Compile the roots and their module-level ukdbg imports into the cache file, in
     dependency order (parents before children, imports before importers). Returns
@@ -242,8 +261,8 @@ def build(path=None) -> list:
         for dep in _module_imports(tree, name, is_pkg):
             if dep != name and not name.startswith(dep + "."):
                 visit(dep, chain + [name])
-        code[name] = (src, is_pkg, compile(tree, src, "exec", dont_inherit=True,
-                                           optimize=0))
+        code[name] = (src, is_pkg, compile(_without_docstrings(tree), src, "exec",
+                                           dont_inherit=True, optimize=0))
         stamps.append((src, st.st_size, st.st_mtime_ns))
         state[name] = "done"
         order.append(name)

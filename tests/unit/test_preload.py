@@ -195,3 +195,28 @@ print("OK")
 """
     r = _py(src, code)
     assert r.returncode == 0 and "OK" in r.stdout, r.stderr
+
+
+def test_cached_code_has_no_docstrings_but_its_line_numbers():
+    import ast
+    from ukdbg import preload
+    src = (
+        '"""module doc"""\n'
+        'def only_doc():\n'
+        '    """just a docstring"""\n'
+        'def f(x):\n'
+        '    """doc"""\n'
+        '    return x + 1\n'
+        'class C:\n'
+        '    """doc"""\n'
+        '    def g(self):\n'
+        '        raise ValueError("line 10")\n')
+    code = compile(preload._without_docstrings(ast.parse(src)), "m.py", "exec")
+    ns = {}
+    exec(code, ns)
+    assert ns.get("__doc__") is None and ns["f"].__doc__ is None and ns["C"].__doc__ is None
+    assert ns["only_doc"]() is None and ns["f"](1) == 2
+    try:
+        ns["C"]().g()
+    except ValueError as e:
+        assert e.__traceback__.tb_next.tb_lineno == 10
