@@ -85,3 +85,11 @@ def test_bad_options(argv, msg):
 def test_signals():
     assert parse_signal("USR2") == 12 and parse_signal("SIGQUIT") == 3
     assert parse_signal("10") == 10
+
+
+def test_record_and_reverse_are_refused_together_with_the_way_to_do_it():
+    # Reverse execution re-runs the guest: its recording would miss or repeat inputs.
+    with pytest.raises(UsageError) as e:
+        parse_run(["--record", "/tmp/r.rec", "--reverse", "--gdb", ":1234", "app.hvt"])
+    assert "ukdbg replay FILE --gdb" in str(e.value)
+    assert parse_run(["--reverse", "--gdb", ":1234", "app.hvt"]).reverse

@@ -246,6 +246,11 @@ def parse_run(argv: list) -> RunOptions:
         o.gdb = "127.0.0.1:1234"
     if o.reverse and o.gdb is None:
         raise UsageError("--reverse needs --gdb (reverse execution is a gdb feature)")
+    if o.reverse and o.record is not None:
+        # Reverse execution re-runs the guest from checkpoints and answers WALLTIME
+        # from its own history: the recording would miss or repeat inputs.
+        raise UsageError("--record cannot be combined with --reverse: record the run, "
+                         "then 'ukdbg replay FILE --gdb' debugs it with reverse execution")
     if o.record_limit is not None and o.record is None:
         raise UsageError("--record-limit needs --record FILE")
     return o
