@@ -18,7 +18,8 @@ ukdbg's own part and the socket's opening are also given in CPU time (user + sys
 the processes and, for the guest run, of the interpreter that ran it): on a host shared
 with other loads, waiting for a CPU inflates the wall times but not these.
 And, shared: the run path's imports, the VM set-up, and the cost of opening the control
-socket (in a fresh interpreter, imports included). It also checks that the run path,
+socket (in a fresh interpreter that loaded the module cache as `ukdbg run` does; what the
+opening itself imports is included). It also checks that the run path,
 the banner guest's included (after the control socket opened), imports nothing outside
 the standard library.
 
@@ -268,7 +269,7 @@ def report_shared(t, base):
     print(f"  imports of the run path {med(t.imports) - med(base):7.2f} ms")
     o = med([w for w, _ in t.open])
     print(f"  control socket opening  {o:7.2f} ms   goal <= {GOAL_OPEN:g} ms: "
-          f"{'met' if o <= GOAL_OPEN else 'NOT met'}  (fresh interpreter, imports included;"
+          f"{'met' if o <= GOAL_OPEN else 'NOT met'}  (fresh interpreter, its imports included;"
           f" CPU {med([c for _, c in t.open]):.2f} ms)")
     leaked = sorted(set().union(*t.leaked.values()))
     print(f"  non-stdlib or heavy stdlib modules on the run path: {leaked or 'none'}")
