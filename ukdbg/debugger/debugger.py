@@ -175,12 +175,14 @@ class LiveDebugger:
         """Run (or single-step) the guest until it stops; returns the Stop."""
         if self.dead is not None:
             return self.dead
-        flight.log(self.m, "gdb", "step" if step else "continue")
         t = self.t
-        self.watch.sync()
-        stop = None
         k = t.kregs()                 # still this stop's (writes invalidate it)
         rip, rflags, fault = k.rip, k.rflags, self.m.fault
+        fl = self.m.flight
+        if fl is not None:
+            fl.add("gdb", rip, "step" if step else "continue")
+        self.watch.sync()
+        stop = None
         t.fault_view = None
         t.invalidate()
         if self._planted_at(rip):

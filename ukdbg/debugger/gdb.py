@@ -20,7 +20,7 @@ import time
 
 from ..errors import UkdbgError
 from ..gdbstub.server import GdbServer, Outcome, SessionEnded, is_terminal
-from ..gdbstub.transport import Listener, send_all
+from ..gdbstub.transport import RECV_CHUNK, Listener, send_all
 from ..target import Crashed, Exited, Interrupted, Killed, Stepped
 from ..tender import flight, loop
 
@@ -144,7 +144,7 @@ class EventsChannel:
             return
         while not self.eof and len(self.buf) < IN_MAX:
             try:
-                data = self.sock.recv(1 << 18)
+                data = self.sock.recv(RECV_CHUNK)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
@@ -156,7 +156,7 @@ class EventsChannel:
                 self.ctrl_c = True
                 data = data.replace(b"\x03", b"")
             self.buf += data
-            if len(data) < 1 << 18:
+            if len(data) < RECV_CHUNK:
                 return                    # most likely all there is; poll tells if not
 
     def _readable(self, m):

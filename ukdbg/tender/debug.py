@@ -40,6 +40,7 @@ class DebugControl:
         # its breakpoint itself (replay's RDTSC...); a step over it must call this
         self.emulators = {}
         self._applied = None
+        self._quick = None               # apply()'s inputs when it last ran
         self._hooked = False
         # While a debugger is stopped, gdb removes and re-inserts its breakpoints at
         # every stop: KVM_SET_GUEST_DEBUG (~10-20 us here) waits for the next run
@@ -200,6 +201,10 @@ class DebugControl:
     def apply(self) -> None:
         if self.hold:
             return
+        hw = self.hw
+        quick = (bool(self.sw), self.single_step, hw[0], hw[1], hw[2], hw[3])
+        if quick == self._quick:
+            return                    # what decides the ioctl is as last applied
         control = 0
         dr = [0] * 8
         if self.sw:
@@ -218,6 +223,7 @@ class DebugControl:
         if key != self._applied:
             self.m.vcpu.set_guest_debug(control, dr)
             self._applied = key
+        self._quick = quick
 
     def flush(self) -> None:
         """Apply what a stopped debugger changed (before the guest runs)."""

@@ -1,0 +1,150 @@
+"""The gdb stub's shortcuts give the answers of the long way (issue 12): LiveTarget's
+one-page reads against MachineView's walk, replies answered from the per-stop caches
+against the parsed path, and the bounds on what a client can make the stub keep."""
+
+import os
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ukdbg.arch import mmu
+from ukdbg.debugger.live_target import LiveTarget
+from ukdbg.errors import TargetError
+from ukdbg.gdbstub import packets as P
+from ukdbg.gdbstub.server import GdbServer
+from ukdbg.kvm import uapi
+from ukdbg.kvm.memory import GuestMemory
+from ukdbg.target import Stepped
+from ukdbg.tender import boot
+from ukdbg.tender.view import MachineView
+
+from .test_gdbstub_live import FakeVcpu, Image
+from .test_gdbstub_server import FakeChannel, FakeTarget
+
+MEM = 4 << 20
+PML4, PDPT, PD, PT = 0x1000, 0x2000, 0x3000, 0x4000
+P_, RW, PS = 1, 2, 0x80
+
+
+class _M:
+    """The little of a Machine that MachineView and LiveTarget read."""
+
+    def __init__(self, mem, vcpu):
+        self.mem, self.vcpu, self.debug = mem, vcpu, None
+
+
+def _tables(mem):
+    """Every shape of walk: a 1 GiB page, a 2 MiB page, 4 KiB pages, entries not
+    present, tables and pages outside RAM."""
+    w = mem.write_u64
+    w(PML4 + 0 * 8, PDPT | P_ | RW)
+    w(PML4 + 1 * 8, 0x7FFF_F000 | P_)                 # a PDPT outside RAM
+    w(PML4 + 511 * 8, PDPT | P_)                      # the top half, same tables
+    w(PDPT + 0 * 8, PD | P_ | RW)
+    w(PDPT + 1 * 8, (1 << 30) | P_ | PS)              # 1 GiB page (outside RAM)
+    w(PDPT + 3 * 8, 0)                                # not present
+    w(PD + 0 * 8, PT | P_ | RW)
+    w(PD + 1 * 8, 0x200000 | P_ | RW | PS)            # 2 MiB page
+    w(PD + 2 * 8, 0x7FE0_0000 | P_ | PS)              # 2 MiB page outside RAM
+    for i in range(0, 512, 3):                        # every third 4 KiB page mapped,
+        w(PT + i * 8, (((i * 7) % 1024) << 12) | P_)  # scattered (some past RAM)
+
+
+@settings(max_examples=300, deadline=None)
+@given(addr=st.one_of(st.integers(0, 1 << 31), st.integers(0, (1 << 64) - 1),
+                      st.integers(0xFFFF_8000_0000_0000, 0xFFFF_8000_0040_0000)),
+       size=st.sampled_from([1, 8, 0x40, 0x100, 0x1000, 0x1001, 0x3000]))
+def test_one_page_reads_match_the_full_walk(addr, size):
+    mem = GuestMemory(MEM)
+    try:
+        mem.write(0, os.urandom(MEM // 4))
+        _tables(mem)
+        vcpu = FakeVcpu()
+        vcpu.sregs = boot.boot_sregs(uapi.kvm_sregs())
+        vcpu.sregs.cr3 = PML4
+        m = _M(mem, vcpu)
+        fast, slow = LiveTarget(m), MachineView(m)
+        fast.sregs(), slow.sregs()             # the walk path (no KVM_TRANSLATE)
+
+        def read(t):
+            try:
+                return t.read_memory(addr, size)
+            except TargetError as e:
+                return ("error", e.errno)
+        assert read(fast) == read(slow)
+        if size <= 0x1000 - (addr & 0xFFF):
+            w = slow.translate(addr)
+            assert fast._gpa(addr) == (w.gpa if w else None)
+    finally:
+        mem.close()
+
+
+def test_the_walk_is_taken_only_when_it_costs_no_ioctl():
+    mem = GuestMemory(MEM)
+    try:
+        boot.setup_page_tables(mem, MEM)
+        vcpu = FakeVcpu()
+        calls = []
+        vcpu.translate = lambda gva: calls.append(gva) or (gva, True)
+        t = LiveTarget(_M(mem, vcpu))
+        t.read_memory(0x100000, 0x40)           # no sregs yet: KVM_TRANSLATE, as before
+        assert calls == [0x100000]
+        t.sregs()
+        t.read_memory(0x100000, 0x40)
+        assert calls == [0x100000]
+    finally:
+        mem.close()
+
+
+# --- the server's caches ------------------------------------------------------------------
+def _serve(target, stream):
+    ch = FakeChannel([P.frame(b"QStartNoAckMode")] + stream)
+    srv = GdbServer(target, ch)
+    srv.serve(Stepped())
+    replies = [b for k, b in P.PacketReader().feed(bytes(ch.out)) if k == P.PACKET]
+    return srv, replies[1:]
+
+
+def test_cached_replies_are_those_of_the_long_way():
+    step = [P.frame(b"vCont;s:p1.1;c"), P.frame(b"qXfer:threads:read::0,1000"),
+            P.frame(b"m7fffc0,40")]
+    t = FakeTarget()
+    t.regs.rsp = 0x7fffc8
+    t.mem = bytearray(0x800000)
+    fast, r_fast = _serve(t, step * 3)
+    assert len(r_fast) == 9 and fast.packets == 10
+    # The same step served once by a fresh server: every reply computed.
+    slow, r_slow = _serve(t, [P.frame(b"vCont;s:p1.1;c"),
+                              P.frame(b"qXfer:threads:read::0,1000"),
+                              P.frame(b"m7fffc0,40")])
+    assert r_fast[:3] == r_slow
+    assert r_fast[3:6] == r_slow and r_fast[6:9] == r_slow
+    assert b"qXfer:threads:read::0,1000" in fast._static
+    assert b"m7fffc0,40" in fast._cache            # prefetched after the last stop
+
+
+def test_a_write_drops_the_prefetched_reply():
+    t = FakeTarget()
+    t.regs.rsp = 0x100048
+    line = b"m100040,40"
+    _, r = _serve(t, [P.frame(b"vCont;s:p1.1;c"), P.frame(b"M100040,4:deadbeef"),
+                      P.frame(line)])
+    assert r[1] == b"OK"
+    assert r[2].startswith(b"deadbeef")
+
+
+def test_a_packet_split_or_glued_is_still_answered():
+    t = FakeTarget()
+    q = P.frame(b"qXfer:threads:read::0,1000")
+    srv, r = _serve(t, [q, q[:5], q[5:], q + q, b"\x00" + q])
+    assert len(r) == 5 and len(set(r)) == 1
+
+
+def test_what_a_client_makes_the_stub_keep_is_bounded():
+    t = FakeTarget()
+    many = [P.frame(b"Z0,%x,1" % (0x100000 + i)) for i in range(600)] + \
+        [P.frame(b"m%x,1" % (0x100000 + i)) for i in range(600)]
+    srv, r = _serve(t, many)
+    assert len(r) == 1200
+    assert len(srv._frames) <= 256 and len(srv._parsed) <= 256
+    assert len(srv._cache) <= 2 and len(srv._wire) <= 2
