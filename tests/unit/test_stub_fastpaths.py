@@ -1,5 +1,5 @@
-"""The gdb stub's shortcuts give the answers of the long way (issue 12): LiveTarget's
-one-page reads against MachineView's walk, replies answered from the per-stop caches
+"""The gdb stub's shortcuts give the answers of the long way (issue 12): mmu.gpa_of and
+LiveTarget's one-page reads against mmu.walk and MachineView's reads, replies answered from the per-stop caches
 against the parsed path, and the bounds on what a client can make the stub keep."""
 
 import os
@@ -74,7 +74,8 @@ def test_one_page_reads_match_the_full_walk(addr, size):
         assert read(fast) == read(slow)
         if size <= 0x1000 - (addr & 0xFFF):
             w = slow.translate(addr)
-            assert fast._gpa(addr) == (w.gpa if w else None)
+            assert mmu.gpa_of(mem.view, mem.size, *slow.paging(), addr) == \
+                (w.gpa if w else None)
     finally:
         mem.close()
 

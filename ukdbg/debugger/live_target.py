@@ -5,57 +5,24 @@ powers (writing, resuming, breakpoints, watchpoints) are capabilities on top, se
 by debugger.py's LiveDebugger.
 """
 
-import _struct as struct
-
 from ..arch import mmu
-from ..errors import GuestMemoryError
 from ..tender.view import MachineView
-
-_U64 = struct.Struct("<Q")
-_LARGE = {30: ~((1 << 30) - 1), 21: ~((1 << 21) - 1)}     # PDPT, PD: 1 GiB, 2 MiB pages
 
 
 class LiveTarget(MachineView):
-    _u64 = None                   # GuestMemory.struct_reader(<Q), bound on first use
-
     def read_memory(self, addr: int, size: int) -> bytes:
         """A read inside one page (gdb's stack line after every step, the stub's
-        prefetch) takes a shorter walk than MachineView's when the paging registers
-        cost no ioctl; the rest goes there."""
+        prefetch) takes mmu.gpa_of's short walk when the paging registers cost no
+        ioctl; the rest, and what it cannot read, goes MachineView's way."""
         if 0 < size <= 0x1000 - (addr & 0xFFF) and 0 <= addr < 1 << 64 and \
                 (self._sregs is not None or self.m.vcpu.mirrors_sregs):
-            gpa = self._gpa(addr)
             mem = self.m.mem
+            gpa = mmu.gpa_of(mem.view, mem.size, *self.paging(), addr)
             if gpa is not None and mem.contains(gpa, size):
                 data = mem.read(gpa, size)
                 dc = self.m.debug
                 return dc.shadow(gpa, data) if dc is not None else data
         return super().read_memory(addr, size)
-
-    def _gpa(self, gva: int):
-        """gva's guest-physical address, or None (then MachineView decides): mmu.walk
-        without the permissions, the levels and the reasons."""
-        cr0, cr3, cr4, efer = self.paging()
-        if not cr0 & mmu.CR0_PG:
-            return gva
-        if not (cr4 & mmu.CR4_PAE and efer & mmu.EFER_LMA) or cr4 & mmu.CR4_LA57 \
-                or not mmu.canonical(gva):
-            return None
-        rd = self._u64
-        if rd is None:
-            rd = self._u64 = self.m.mem.struct_reader(_U64)
-        table = cr3 & mmu.ADDR_MASK
-        try:
-            for shift in (39, 30, 21, 12):
-                ent = rd(table + ((gva >> shift) & 0x1FF) * 8)[0]
-                if not ent & mmu.PTE_P:
-                    return None
-                if ent & mmu.PTE_PS and shift in _LARGE:
-                    return (ent & mmu.ADDR_MASK & _LARGE[shift]) | (gva & ~_LARGE[shift])
-                table = ent & mmu.ADDR_MASK
-        except GuestMemoryError:
-            return None
-        return table | (gva & 0xFFF)
 
     def write_fpu_state(self, fpu) -> None:
         """Store x87/SSE state. Through XSAVE when KVM has it: on this PVM host

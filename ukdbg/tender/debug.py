@@ -41,6 +41,7 @@ class DebugControl:
         self.emulators = {}
         self._applied = None
         self._quick = None               # apply()'s inputs when it last ran
+        self._hit = None                 # the SwBreakpoint identify() last found
         self._hooked = False
         # While a debugger is stopped, gdb removes and re-inserts its breakpoints at
         # every stop: KVM_SET_GUEST_DEBUG (~10-20 us here) waits for the next run
@@ -51,15 +52,9 @@ class DebugControl:
     def translate(self, gva: int, paging=None):
         """gpa for gva, or None when unmapped (walks the guest's tables). paging:
         (cr0, cr3, cr4, efer) to walk with (kvm_sregs.paging(); default: the vCPU's now)."""
-        cr0, cr3, cr4, efer = paging or self.m.vcpu.paging_regs()
         mem = self.m.mem
-
-        def rd(gpa):
-            return mem.read_u64(gpa) if mem.contains(gpa, 8) else None
-        t = mmu.walk(rd, cr0, cr3, cr4, efer, gva)
-        if not t or not mem.contains(t.gpa, 1):
-            return None
-        return t.gpa
+        gpa = mmu.gpa_of(mem.view, mem.size, *(paging or self.m.vcpu.paging_regs()), gva)
+        return gpa if gpa is not None and mem.contains(gpa, 1) else None
 
     # --- software breakpoints -----------------------------------------------------------
     def add_sw(self, gva: int, owner: str) -> bool:
@@ -263,6 +258,7 @@ class DebugControl:
         gpa = self.translate(rip)
         bp = self.sw.get(gpa) if gpa is not None else None
         if bp is not None and not bp.lifted:
+            self._hit = bp                # for vmexit_hook: no second page walk
             return ("sw", rip)
         return None
 
@@ -277,8 +273,9 @@ class DebugControl:
         kind, gva = what
         owners = ("gdb",)
         if kind == "sw":
-            bp = self.sw.get(self.translate(gva))
-            owners = sorted(bp.owners, key=lambda o: o != "gdb") if bp else ()
+            bp, self._hit = self._hit, None
+            owners = tuple(bp.owners) if len(bp.owners) == 1 else \
+                sorted(bp.owners, key=lambda o: o != "gdb")
         result = None
         for owner in owners:
             fn = self.handlers.get(owner)
