@@ -149,3 +149,20 @@ def test_what_a_client_makes_the_stub_keep_is_bounded():
     assert len(r) == 1200
     assert len(srv._frames) <= 256 and len(srv._parsed) <= 256
     assert len(srv._cache) <= 2 and len(srv._wire) <= 2
+
+
+def test_the_stack_line_is_prefetched_only_after_stops_gdb_reads_it_after():
+    t = FakeTarget()
+    t.regs.rsp = 0x100048
+    line = P.frame(b"m100040,40")
+    step = P.frame(b"vCont;s:p1.1;c")
+    # A stop whose line gdb did not read: the next stop of that kind prefetches nothing.
+    srv, _ = _serve(t, [step, step])
+    assert srv._no_prefetch == {Stepped} and b"m100040,40" not in srv._cache
+    # gdb reads it again: prefetching resumes from the next stop on.
+    srv, r = _serve(t, [step, step, line, step])
+    assert srv._no_prefetch == set() and b"m100040,40" in srv._cache
+    assert r[2] == P.hex_rle(bytes(t.mem[0x40:0x80]))
+    # Read at every stop (stepi): always prefetched, always answered from the cache.
+    srv, _ = _serve(t, [step, line] * 3)
+    assert srv._no_prefetch == set() and b"m100040,40" in srv._cache

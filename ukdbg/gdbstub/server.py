@@ -143,6 +143,9 @@ class GdbServer:
         self._frames = {}                    # one whole packet's bytes -> its body
         self._parsed = {}                    # body -> command, for repeated requests
         self._prefetch_sp = None
+        self._prefetched = None              # the prefetched packet, until gdb reads it
+        self._stop_kind = None               # the class of the last stop reported
+        self._no_prefetch = set()            # ... classes after which gdb read no line
         self._sp = None
         self.packets = 0                     # received, for tests and benchmarks
 
@@ -164,6 +167,8 @@ class GdbServer:
                     if not self.ack:
                         pkt = self._wire.get(data)
                         if pkt is not None:  # a cached query, read as one packet
+                            if pkt is self._prefetched:
+                                self._prefetched = None
                             self.packets += 1
                             self.last = pkt
                             write(pkt)
@@ -233,6 +238,8 @@ class GdbServer:
         """Answer one packet; returns an Outcome when the session ends."""
         cached = self._cache.get(body)
         if cached is not None:
+            if cached is self._prefetched:
+                self._prefetched = None
             self.last = cached
             self.chan.write(cached)
             return None
@@ -277,9 +284,11 @@ class GdbServer:
         sp, self._prefetch_sp = self._prefetch_sp, None
         line = sp & ~0x3F
         try:
-            self._keep(b"m%x,40" % line, frame(hex_rle(self.t.read_memory(line, 0x40))))
+            pkt = frame(hex_rle(self.t.read_memory(line, 0x40)))
         except UkdbgError:
-            pass
+            return
+        self._keep(b"m%x,40" % line, pkt)
+        self._prefetched = pkt
 
     # --- simple queries -------------------------------------------------------------------------
     def _simple(self, cmd):
@@ -362,6 +371,12 @@ class GdbServer:
 
     def _forget(self):
         """Drop prefetched replies (the target is about to change)."""
+        if self._prefetched is not None:
+            # Not read: gdb reads no stack line after this kind of stop (a breakpoint
+            # hit at a function's entry, its own step off a breakpoint). Until it
+            # does (_m), such stops prefetch nothing.
+            self._no_prefetch.add(self._stop_kind)
+            self._prefetched = None
         self._cache = self._static.copy()
         self._wire = self._wire_static.copy()
         self._prefetch_sp = None
@@ -411,6 +426,9 @@ class GdbServer:
         n = min(cmd.length, PACKET_SIZE // 2)
         if n == 0:
             return b""
+        if self._no_prefetch and n == 0x40 and self._sp is not None and \
+                cmd.addr == self._sp & ~0x3F:
+            self._no_prefetch.discard(self._stop_kind)     # gdb wants it again
         return hex_rle(self.t.read_memory(cmd.addr, n))
 
     def _M(self, cmd):
@@ -516,7 +534,9 @@ class GdbServer:
             else:
                 self.final = stop
         reply = self.stop_reply(stop)
-        self._prefetch_sp = self._sp
+        self._stop_kind = stop.__class__
+        if self._stop_kind not in self._no_prefetch:
+            self._prefetch_sp = self._sp
         return reply
 
     def _kill(self, cmd):
