@@ -166,3 +166,58 @@ def test_the_stack_line_is_prefetched_only_after_stops_gdb_reads_it_after():
     # Read at every stop (stepi): always prefetched, always answered from the cache.
     srv, _ = _serve(t, [step, line] * 3)
     assert srv._no_prefetch == set() and b"m100040,40" in srv._cache
+
+
+class _NoCache(dict):
+    """A cache that keeps nothing: the server then takes the long way every time."""
+
+    def get(self, key, default=None):
+        return default
+
+    def __setitem__(self, key, value):
+        pass
+
+    def copy(self):
+        return _NoCache()
+
+
+_PACKETS = [b"vCont;s:p1.1;c", b"qXfer:threads:read::0,1000", b"m100040,40", b"m100000,8",
+            b"Z0,100010,1", b"z0,100010,1", b"g", b"?", b"M100040,2:abcd", b"vCont;c:p1.-1",
+            b"p10", b"qfThreadInfo", b"m100040,40", b"X100050,1:\x11"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(seq=st.lists(st.sampled_from(_PACKETS), min_size=1, max_size=25),
+       cuts=st.one_of(st.none(), st.lists(st.integers(1, 40), max_size=30)),
+       noise=st.sampled_from([b"", b"+", b"$", b"\x03", b"#00"]))
+def test_the_caches_never_change_a_reply(seq, cuts, noise):
+    """Any sequence of a step's packets, read one whole packet at a time (as gdb sends
+    them) or cut anywhere, with stray bytes: the replies of a server with its caches
+    are those of one that caches nothing."""
+    if cuts is None:
+        chunks = [noise] + [P.frame(p) for p in seq] if noise else [P.frame(p) for p in seq]
+    else:
+        wire = b"".join(P.frame(p) for p in seq)
+        wire = noise + wire if noise != b"#00" else wire + noise
+        chunks, pos = [], 0
+        for c in cuts:
+            if pos >= len(wire):
+                break
+            chunks.append(wire[pos:pos + c])
+            pos += c
+        if pos < len(wire):
+            chunks.append(wire[pos:])
+
+    def run(cached):
+        t = FakeTarget()
+        t.regs.rsp = 0x100048
+        t.mem = bytearray(range(256)) * 32
+        ch = FakeChannel([P.frame(b"QStartNoAckMode")] + list(chunks))
+        srv = GdbServer(t, ch)
+        if not cached:
+            srv._frames, srv._parsed = _NoCache(), _NoCache()
+            srv._cache, srv._wire = _NoCache(), _NoCache()
+            srv._static, srv._wire_static = _NoCache(), _NoCache()
+        srv.serve(Stepped())
+        return bytes(ch.out), t.steps, bytes(t.mem), sorted(t.sw)
+    assert run(True) == run(False)
