@@ -18,7 +18,7 @@ from ukdbg.target import Stepped
 from ukdbg.tender import boot
 from ukdbg.tender.view import MachineView
 
-from .test_gdbstub_live import FakeVcpu, Image
+from .test_gdbstub_live import FakeVcpu, m  # noqa: F401 (fixture)
 from .test_gdbstub_server import FakeChannel, FakeTarget
 
 MEM = 4 << 20
@@ -221,3 +221,20 @@ def test_the_caches_never_change_a_reply(seq, cuts, noise):
         srv.serve(Stepped())
         return bytes(ch.out), t.steps, bytes(t.mem), sorted(t.sw)
     assert run(True) == run(False)
+
+
+def test_a_breakpoint_is_removed_where_it_was_planted(m):
+    """gdb removes its breakpoints at every stop: no page walk then, and a guest that
+    remapped the page since keeps no int3 (the walk would find another frame)."""
+    from ukdbg.tender import abi
+    from ukdbg.tender.debug import INT3
+    from .test_gdbstub_live import CODE, debugger
+    t, d = debugger(m)
+    assert d.add_sw_breakpoint(CODE + 4)
+    assert m.mem.read(CODE + 4, 1) == bytes((INT3,))
+    pte = abi.BOOT_PT0 + (CODE >> 12) * 8
+    m.mem.write_u64(pte, 0x300000 | 3)        # the guest maps another frame there
+    t.invalidate()
+    assert d.remove_sw_breakpoint(CODE + 4)
+    assert m.mem.read(CODE + 4, 1) == b"\x44" and not m.debug.sw
+    assert not d.remove_sw_breakpoint(CODE + 4)

@@ -42,6 +42,7 @@ class LiveDebugger:
         self._sync_before = 0         # the vCPU's register mirror before attach()
         self.dead = None              # the terminal stop, once the guest cannot run on
         self.sw = set()               # gva of our software breakpoints
+        self._sw_gpa = {}             # ... -> the gpa each was planted at
         self.hw = set()
 
     # --- session ------------------------------------------------------------------------
@@ -66,6 +67,7 @@ class LiveDebugger:
         self.dc.remove_owner(OWNER)
         self.dc.handlers.pop(OWNER, None)
         self.sw.clear()
+        self._sw_gpa.clear()
         self.hw.clear()
         self.watch.clear()
         self.stepping = False
@@ -307,16 +309,21 @@ class LiveDebugger:
     def add_sw_breakpoint(self, addr: int) -> bool:
         if addr in self.sw:
             return True
-        if not self.dc.add_sw_many((addr,), OWNER, self.t.paging()):
+        gpa = self.dc.translate(addr, self.t.paging())
+        if gpa is None:
             return False
+        self.dc.add_sw_at(addr, gpa, OWNER)
         self.sw.add(addr)
+        self._sw_gpa[addr] = gpa
         return True
 
     def remove_sw_breakpoint(self, addr: int) -> bool:
+        # Where it was planted: no page walk (gdb removes its breakpoints at every
+        # stop), and no int3 left behind if the guest has remapped the page since.
         if addr not in self.sw:
             return False
         self.sw.discard(addr)
-        return self.dc.remove_sw(addr, OWNER, self.t.paging())
+        return self.dc.remove_sw_at(self._sw_gpa.pop(addr), OWNER)
 
     def add_hw_breakpoint(self, addr: int) -> bool:
         if not self.dc.add_hw(addr):

@@ -61,15 +61,22 @@ class DebugControl:
         gpa = self.translate(gva)
         if gpa is None:
             return False
+        self.add_sw_at(gva, gpa, owner)
+        return True
+
+    def add_sw_at(self, gva: int, gpa: int, owner: str) -> None:
+        """add_sw where the caller has translated gva (gpa: in guest RAM)."""
+        self._plant(gva, gpa, owner)
+        self._install_hook()
+        self.apply()
+
+    def _plant(self, gva, gpa, owner):
         bp = self.sw.get(gpa)
         if bp is None:
             bp = SwBreakpoint(gva, gpa, self.m.mem.read(gpa, 1)[0])
             self.sw[gpa] = bp
             self.m.mem.write(gpa, bytes((INT3,)))
         bp.owners.add(owner)
-        self._install_hook()
-        self.apply()
-        return True
 
     def add_sw_many(self, gvas, owner: str, paging=None) -> list:
         """add_sw for many addresses with one translation context (translate's paging)
@@ -87,12 +94,7 @@ class DebugControl:
             gpa += gva & 0xFFF
             if not self.m.mem.contains(gpa, 1):
                 continue
-            bp = self.sw.get(gpa)
-            if bp is None:
-                bp = SwBreakpoint(gva, gpa, self.m.mem.read(gpa, 1)[0])
-                self.sw[gpa] = bp
-                self.m.mem.write(gpa, bytes((INT3,)))
-            bp.owners.add(owner)
+            self._plant(gva, gpa, owner)
             done.append(gva)
         if done:
             self._install_hook()
@@ -101,7 +103,12 @@ class DebugControl:
 
     def remove_sw(self, gva: int, owner: str, paging=None) -> bool:
         gpa = self.translate(gva, paging)
-        bp = self.sw.get(gpa) if gpa is not None else None
+        return gpa is not None and self.remove_sw_at(gpa, owner)
+
+    def remove_sw_at(self, gpa: int, owner: str) -> bool:
+        """owner's breakpoint planted at gpa goes (where it was planted, whatever the
+        page tables say now)."""
+        bp = self.sw.get(gpa)
         if bp is None or owner not in bp.owners:
             return False
         bp.owners.discard(owner)
@@ -116,7 +123,7 @@ class DebugControl:
         """Drop every breakpoint of owner (a debugger that went away)."""
         for bp in list(self.sw.values()):
             if owner in bp.owners:
-                self.remove_sw(bp.gva, owner)
+                self.remove_sw_at(bp.gpa, owner)
         if owner == "gdb":
             self.hw = [None] * 4
             self.single_step = False
