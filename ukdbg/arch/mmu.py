@@ -4,6 +4,8 @@ hvt guests run identity-mapped on the tender's tables (hvt-abi.md §3), but gues
 install their own, so debuggers translate every virtual address through CR3.
 """
 
+import _struct  # not struct.py: one import less at start-up
+
 PTE_P, PTE_RW, PTE_US, PTE_PS = 0x1, 0x2, 0x4, 0x80
 PTE_NX = 1 << 63
 ADDR_MASK = 0x000FFFFFFFFFF000
@@ -12,6 +14,7 @@ CR4_PAE = 1 << 5
 CR4_LA57 = 1 << 12
 EFER_LMA = 1 << 10
 EFER_NXE = 1 << 11
+_U64 = _struct.Struct("<Q")
 
 
 class Translation:
@@ -87,6 +90,30 @@ def walk(read_u64, cr0: int, cr3: int, cr4: int, efer: int, gva: int):
         table = ent & ADDR_MASK
     return Translation(gva, table | (gva & 0xFFF), 1 << 12, writable, user, executable,
                        levels)
+
+
+def gpa_of(mem, size: int, cr0: int, cr3: int, cr4: int, efer: int, gva: int):
+    """walk()'s gpa alone, or None where walk() fails: for hot paths (a debugger's
+    stack read after every step, its breakpoint hits). The entries are read straight
+    from mem, a buffer holding guest-physical [0, size)."""
+    if not cr0 & CR0_PG:
+        return gva
+    if not (cr4 & CR4_PAE and efer & EFER_LMA) or cr4 & CR4_LA57 or not canonical(gva):
+        return None
+    unpack = _U64.unpack_from
+    table = cr3 & ADDR_MASK
+    for shift in (39, 30, 21, 12):
+        at = table + ((gva >> shift) & 0x1FF) * 8
+        if at + 8 > size:
+            return None
+        ent = unpack(mem, at)[0]
+        if not ent & PTE_P:
+            return None
+        if ent & PTE_PS and (shift == 30 or shift == 21):
+            low = (1 << shift) - 1
+            return (ent & ADDR_MASK & ~low) | (gva & low)
+        table = ent & ADDR_MASK
+    return table | (gva & 0xFFF)
 
 
 def mapped_ranges(read_u64, cr0, cr3, cr4, efer, limit=1 << 48):

@@ -42,6 +42,7 @@ class LiveDebugger:
         self._sync_before = 0         # the vCPU's register mirror before attach()
         self.dead = None              # the terminal stop, once the guest cannot run on
         self.sw = set()               # gva of our software breakpoints
+        self._sw_gpa = {}             # ... -> the gpa each was planted at
         self.hw = set()
 
     # --- session ------------------------------------------------------------------------
@@ -66,6 +67,7 @@ class LiveDebugger:
         self.dc.remove_owner(OWNER)
         self.dc.handlers.pop(OWNER, None)
         self.sw.clear()
+        self._sw_gpa.clear()
         self.hw.clear()
         self.watch.clear()
         self.stepping = False
@@ -175,12 +177,14 @@ class LiveDebugger:
         """Run (or single-step) the guest until it stops; returns the Stop."""
         if self.dead is not None:
             return self.dead
-        flight.log(self.m, "gdb", "step" if step else "continue")
         t = self.t
-        self.watch.sync()
-        stop = None
         k = t.kregs()                 # still this stop's (writes invalidate it)
         rip, rflags, fault = k.rip, k.rflags, self.m.fault
+        fl = self.m.flight
+        if fl is not None:
+            fl.add("gdb", rip, "step" if step else "continue")
+        self.watch.sync()
+        stop = None
         t.fault_view = None
         t.invalidate()
         if self._planted_at(rip):
@@ -305,16 +309,21 @@ class LiveDebugger:
     def add_sw_breakpoint(self, addr: int) -> bool:
         if addr in self.sw:
             return True
-        if not self.dc.add_sw_many((addr,), OWNER, self.t.paging()):
+        gpa = self.dc.translate(addr, self.t.paging())
+        if gpa is None:
             return False
+        self.dc.add_sw_at(addr, gpa, OWNER)
         self.sw.add(addr)
+        self._sw_gpa[addr] = gpa
         return True
 
     def remove_sw_breakpoint(self, addr: int) -> bool:
+        # Where it was planted: no page walk (gdb removes its breakpoints at every
+        # stop), and no int3 left behind if the guest has remapped the page since.
         if addr not in self.sw:
             return False
         self.sw.discard(addr)
-        return self.dc.remove_sw(addr, OWNER, self.t.paging())
+        return self.dc.remove_sw_at(self._sw_gpa.pop(addr), OWNER)
 
     def add_hw_breakpoint(self, addr: int) -> bool:
         if not self.dc.add_hw(addr):

@@ -90,6 +90,8 @@ class Watchpoints:
     def sync(self) -> None:
         """Apply the protection the watchpoints need (before the guest runs: gdb removes
         and re-inserts them around every stop, which then costs nothing)."""
+        if not self.watches and not self.pages:
+            return                        # none wanted, none applied (every step)
         ro, none = set(), set()
         # Without read-only slots a write watchpoint's page gets no slot either.
         ro_ok = bool(self.m.caps.get("readonly_mem"))

@@ -18,7 +18,7 @@ ReadRegister = namedtuple("ReadRegister", "regnum")
 WriteRegister = namedtuple("WriteRegister", "regnum data")
 # action: 'c' continue, 's' step, 't' stop; signal: int or 0; addr: resume address or None
 Resume = namedtuple("Resume", "action signal addr")
-VCont = namedtuple("VCont", "actions")                     # [(action, signal, thread|None)]
+VCont = namedtuple("VCont", "actions")                     # ((action, signal, thread|None), ...)
 Breakpoint = namedtuple("Breakpoint", "insert type addr kind")
 SetThread = namedtuple("SetThread", "op thread")
 ThreadAlive = namedtuple("ThreadAlive", "thread")
@@ -34,19 +34,20 @@ ThreadExtraInfo = namedtuple("ThreadExtraInfo", "thread")
 
 MAX_ADDR = (1 << 64) - 1
 MAX_LENGTH = 1 << 32
+_HEX = b"0123456789abcdefABCDEF"
 
 
 def parse_hex(s, max_digits: int = 16):
     """An unsigned hex number (1..max_digits digits) or None."""
     if not s or len(s) > max_digits:
         return None
-    try:
-        s = s.decode("ascii") if isinstance(s, (bytes, bytearray)) else s
-    except UnicodeDecodeError:
-        return None
-    for ch in s:
-        if ch not in "0123456789abcdefABCDEF":
+    if isinstance(s, str):
+        try:
+            s = s.encode("ascii")
+        except UnicodeEncodeError:
             return None
+    if s.translate(None, _HEX):       # anything but hex digits (int() takes more)
+        return None
     return int(s, 16)
 
 
@@ -183,7 +184,7 @@ def parse_vcont(body):
         elif op not in (b"c", b"s", b"t") or len(act) != 1:
             return None
         actions.append((op.lower().decode(), sig, thread))
-    return VCont(actions)
+    return VCont(tuple(actions))
 
 
 def parse_z(body):

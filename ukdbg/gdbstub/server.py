@@ -10,6 +10,7 @@ the target ended (exit, kill, a signal to the monitor).
 """
 
 import errno
+import _struct as struct
 import sys
 
 from ..arch import x86_64 as arch
@@ -20,7 +21,7 @@ from . import commands as C
 from . import monitor
 from .hostio import HostIO
 from .packets import (BAD_CHECKSUM, NACK, OVERSIZED, PACKET, PACKET_SIZE, PacketReader,
-                      escape, frame, hex_rle)
+                      checksum, escape, frame, hex_rle)
 
 # Linux signal numbers -> GDB's own (include/gdb/signals.def); equal up to 15 but BUS,
 # SYS, USR1, USR2.
@@ -30,8 +31,14 @@ _PC, _SP, _FP = arch.GDB_PC, arch.GDB_SP, arch.GDB_FP
 # Expedited in every T reply: what gdb needs to show a frame after a step or a
 # breakpoint without a `g` round trip.
 EXPEDITE = (_FP, _SP, _PC)
+_EXPEDITE_FMT = b"".join(b"%02x:%%s;" % n for n in EXPEDITE)
 _FPU_FIRST, _FPU_LAST = arch.GDB_REG_INDEX["st0"], arch.GDB_REG_INDEX["mxcsr"]
 _M64 = (1 << 64) - 1
+_EXPEDITED = struct.Struct("<3Q")
+# Parsed commands kept for a repeated request (vCont;s, Z0/z0 at every hit): namedtuples
+# of ints, strings and tuples only, so one instance can serve many packets.
+_REUSABLE = frozenset((C.VCont, C.Resume, C.Breakpoint, C.ReadMemory, C.ReadRegister,
+                       C.XferRead, C.Simple, C.SetThread, C.ThreadAlive))
 
 
 # DWARF/eh_frame register numbers (System V x86-64 psABI) and lldb's generic roles.
@@ -115,6 +122,7 @@ class GdbServer:
         self.wp = target.watchpoints() if hasattr(target, "watchpoints") else None
         # Reverse execution (issue 11): reverse(step) -> Stop, for bs and bc.
         self.rv = target.reversible() if hasattr(target, "reversible") else None
+        self._expedited = getattr(target, "read_expedited", None)   # (rbp, rsp, rip)
         self.reader = PacketReader()
         self.ack = True
         self.multiprocess = False
@@ -126,9 +134,18 @@ class GdbServer:
         self._regs = None
         self._fpu = None
         self._g = None
-        self._static = {}                    # body -> reply for constant queries
-        self._cache = {}                     # ... plus prefetched ones (this stop)
+        # Replies gdb asks for at every stop, framed: body -> packet for constant
+        # queries, plus prefetched ones (valid this stop); `_wire*` key the same
+        # packets by the request's exact frame, so that a request read whole is
+        # answered without parsing it (the hot path of stepping).
+        self._static, self._wire_static = {}, {}
+        self._cache, self._wire = {}, {}
+        self._frames = {}                    # one whole packet's bytes -> its body
+        self._parsed = {}                    # body -> command, for repeated requests
         self._prefetch_sp = None
+        self._prefetched = None              # the prefetched packet, until gdb reads it
+        self._stop_kind = None               # the class of the last stop reported
+        self._no_prefetch = set()            # ... classes after which gdb read no line
         self._sp = None
         self.packets = 0                     # received, for tests and benchmarks
 
@@ -139,12 +156,35 @@ class GdbServer:
         self.stop = stop
         if is_terminal(stop):
             self.final = stop
+        read, write, reader = self.chan.read, self.chan.write, self.reader
         try:
             while True:
-                data = self.chan.read()
+                data = read()
                 if not data:
                     return Outcome("disconnect")
-                for kind, body in self.reader.feed(data):
+                events = None
+                if reader.state == 0:
+                    if not self.ack:
+                        pkt = self._wire.get(data)
+                        if pkt is not None:  # a cached query, read as one packet
+                            if pkt is self._prefetched:
+                                self._prefetched = None
+                            self.packets += 1
+                            self.last = pkt
+                            write(pkt)
+                            continue
+                    body = self._frames.get(data)
+                    if body is not None:     # a packet seen before, read whole
+                        events = ((PACKET, body),)
+                if events is None:
+                    events = reader.feed(data)
+                    if len(data) <= 68 and len(events) == 1 and events[0][0] == PACKET \
+                            and reader.state == 0 and data[:1] == b"$" \
+                            and data[-3:-2] == b"#":
+                        if len(self._frames) >= 256:     # bounded
+                            self._frames.clear()
+                        self._frames[bytes(data)] = events[0][1]
+                for kind, body in events:
                     if kind == PACKET:
                         self.packets += 1
                         if self.ack:
@@ -175,6 +215,14 @@ class GdbServer:
         self.last = pkt
         self.chan.write(pkt)
 
+    def _keep(self, body, pkt, static=False) -> None:
+        """Answer `body` with the framed `pkt` from now on (until _forget(), or for
+        the session if static)."""
+        wire = b"$%s#%02x" % (body, checksum(body))
+        self._cache[body], self._wire[wire] = pkt, pkt
+        if static:
+            self._static[body], self._wire_static[wire] = pkt, pkt
+
     def _try_send(self, body):
         try:
             self.send(body)
@@ -190,12 +238,21 @@ class GdbServer:
         """Answer one packet; returns an Outcome when the session ends."""
         cached = self._cache.get(body)
         if cached is not None:
-            self.send(cached)
+            if cached is self._prefetched:
+                self._prefetched = None
+            self.last = cached
+            self.chan.write(cached)
             return None
-        cmd = C.parse(body)
+        cmd = self._parsed.get(body)
         if cmd is None:
-            self.send(b"E%02x" % errno.EINVAL)
-            return None
+            cmd = C.parse(body)
+            if cmd is None:
+                self.send(b"E%02x" % errno.EINVAL)
+                return None
+            if type(cmd) in _REUSABLE and len(body) <= 64:
+                if len(self._parsed) >= 256:     # bounded, whatever a client sends
+                    self._parsed.clear()
+                self._parsed[body] = cmd
         fn = self._dispatch.get(type(cmd))
         if fn is None:
             self.send(b"")
@@ -214,7 +271,7 @@ class GdbServer:
         if reply is not None:
             self.send(reply)
             if type(cmd) is C.XferRead and cmd.object == "threads":
-                self._static[body] = self._cache[body] = reply   # asked at every stop
+                self._keep(bytes(body), self.last, static=True)   # asked at every stop
         if self._prefetch_sp is not None:
             self._prefetch()
         return None
@@ -227,9 +284,11 @@ class GdbServer:
         sp, self._prefetch_sp = self._prefetch_sp, None
         line = sp & ~0x3F
         try:
-            self._cache[b"m%x,40" % line] = hex_rle(self.t.read_memory(line, 0x40))
+            pkt = frame(hex_rle(self.t.read_memory(line, 0x40)))
         except UkdbgError:
-            pass
+            return
+        self._keep(b"m%x,40" % line, pkt)
+        self._prefetched = pkt
 
     # --- simple queries -------------------------------------------------------------------------
     def _simple(self, cmd):
@@ -280,7 +339,8 @@ class GdbServer:
 
     def _supported(self, cmd):
         f = cmd.features
-        self._static = {}
+        self._static, self._wire_static = {}, {}
+        self._forget()
         self.multiprocess = bool(f.get("multiprocess"))
         feats = [b"PacketSize=%x" % PACKET_SIZE, b"QStartNoAckMode+",
                  b"qXfer:features:read+", b"qXfer:exec-file:read+",
@@ -311,7 +371,14 @@ class GdbServer:
 
     def _forget(self):
         """Drop prefetched replies (the target is about to change)."""
+        if self._prefetched is not None:
+            # Not read: gdb reads no stack line after this kind of stop (a breakpoint
+            # hit at a function's entry, its own step off a breakpoint). Until it
+            # does (_m), such stops prefetch nothing.
+            self._no_prefetch.add(self._stop_kind)
+            self._prefetched = None
         self._cache = self._static.copy()
+        self._wire = self._wire_static.copy()
         self._prefetch_sp = None
 
     def _g_reply(self):
@@ -359,6 +426,9 @@ class GdbServer:
         n = min(cmd.length, PACKET_SIZE // 2)
         if n == 0:
             return b""
+        if self._no_prefetch and n == 0x40 and self._sp is not None and \
+                cmd.addr == self._sp & ~0x3F:
+            self._no_prefetch.discard(self._stop_kind)     # gdb wants it again
         return hex_rle(self.t.read_memory(cmd.addr, n))
 
     def _M(self, cmd):
@@ -464,7 +534,9 @@ class GdbServer:
             else:
                 self.final = stop
         reply = self.stop_reply(stop)
-        self._prefetch_sp = self._sp
+        self._stop_kind = stop.__class__
+        if self._stop_kind not in self._no_prefetch:
+            self._prefetch_sp = self._sp
         return reply
 
     def _kill(self, cmd):
@@ -498,15 +570,15 @@ class GdbServer:
         sig = gdb_signal(stop.signal or SIGTRAP)
         parts = [b"T%02xthread:%s;" % (sig, self._tid())]
         try:
-            fast = getattr(self.t, "read_expedited", None)
+            fast = self._expedited
             if fast is not None:
-                values = fast()
+                fp, sp, pc = fast()
             else:
                 r, _ = self._load_regs(fpu=False)
-                values = (r.rbp, r.rsp, r.rip)
-            for n, v in zip(EXPEDITE, values):
-                parts.append(b"%02x:%s;" % (n, (v & _M64).to_bytes(8, "little").hex().encode()))
-            self._sp = values[1]
+                fp, sp, pc = r.rbp, r.rsp, r.rip
+            h = _EXPEDITED.pack(fp & _M64, sp & _M64, pc & _M64).hex().encode()
+            parts.append(_EXPEDITE_FMT % (h[:16], h[16:32], h[32:]))
+            self._sp = sp
         except UkdbgError:
             pass
         edge = getattr(stop, "replaylog", None)

@@ -283,6 +283,12 @@ def refuse_now(conn, body: bytes, wait: float = 2.0) -> None:
     conn.close()
 
 
+# The most one recv() asks for. Python allocates the whole size, then shrinks it to
+# what came: 256 KiB cost 2 us more per packet than 64 KiB here, and 20 us more (an
+# mmap and a munmap) until glibc has raised its mmap threshold past that size.
+RECV_CHUNK = 1 << 16
+
+
 class SocketChannel:
     """Blocking byte channel over a connected socket (for targets that never run)."""
 
@@ -298,7 +304,7 @@ class SocketChannel:
         """At least one byte, or b'' at end of file."""
         while True:
             try:
-                data = self.sock.recv(1 << 18)
+                data = self.sock.recv(RECV_CHUNK)
             except (BlockingIOError, InterruptedError):
                 select.select([self.sock], [], [])
                 continue

@@ -40,6 +40,8 @@ class DebugControl:
         # its breakpoint itself (replay's RDTSC...); a step over it must call this
         self.emulators = {}
         self._applied = None
+        self._quick = None               # apply()'s inputs when it last ran
+        self._hit = None                 # the SwBreakpoint identify() last found
         self._hooked = False
         # While a debugger is stopped, gdb removes and re-inserts its breakpoints at
         # every stop: KVM_SET_GUEST_DEBUG (~10-20 us here) waits for the next run
@@ -50,30 +52,31 @@ class DebugControl:
     def translate(self, gva: int, paging=None):
         """gpa for gva, or None when unmapped (walks the guest's tables). paging:
         (cr0, cr3, cr4, efer) to walk with (kvm_sregs.paging(); default: the vCPU's now)."""
-        cr0, cr3, cr4, efer = paging or self.m.vcpu.paging_regs()
         mem = self.m.mem
-
-        def rd(gpa):
-            return mem.read_u64(gpa) if mem.contains(gpa, 8) else None
-        t = mmu.walk(rd, cr0, cr3, cr4, efer, gva)
-        if not t or not mem.contains(t.gpa, 1):
-            return None
-        return t.gpa
+        gpa = mmu.gpa_of(mem.view, mem.size, *(paging or self.m.vcpu.paging_regs()), gva)
+        return gpa if gpa is not None and mem.contains(gpa, 1) else None
 
     # --- software breakpoints -----------------------------------------------------------
     def add_sw(self, gva: int, owner: str) -> bool:
         gpa = self.translate(gva)
         if gpa is None:
             return False
+        self.add_sw_at(gva, gpa, owner)
+        return True
+
+    def add_sw_at(self, gva: int, gpa: int, owner: str) -> None:
+        """add_sw where the caller has translated gva (gpa: in guest RAM)."""
+        self._plant(gva, gpa, owner)
+        self._install_hook()
+        self.apply()
+
+    def _plant(self, gva, gpa, owner):
         bp = self.sw.get(gpa)
         if bp is None:
             bp = SwBreakpoint(gva, gpa, self.m.mem.read(gpa, 1)[0])
             self.sw[gpa] = bp
             self.m.mem.write(gpa, bytes((INT3,)))
         bp.owners.add(owner)
-        self._install_hook()
-        self.apply()
-        return True
 
     def add_sw_many(self, gvas, owner: str, paging=None) -> list:
         """add_sw for many addresses with one translation context (translate's paging)
@@ -91,12 +94,7 @@ class DebugControl:
             gpa += gva & 0xFFF
             if not self.m.mem.contains(gpa, 1):
                 continue
-            bp = self.sw.get(gpa)
-            if bp is None:
-                bp = SwBreakpoint(gva, gpa, self.m.mem.read(gpa, 1)[0])
-                self.sw[gpa] = bp
-                self.m.mem.write(gpa, bytes((INT3,)))
-            bp.owners.add(owner)
+            self._plant(gva, gpa, owner)
             done.append(gva)
         if done:
             self._install_hook()
@@ -105,7 +103,12 @@ class DebugControl:
 
     def remove_sw(self, gva: int, owner: str, paging=None) -> bool:
         gpa = self.translate(gva, paging)
-        bp = self.sw.get(gpa) if gpa is not None else None
+        return gpa is not None and self.remove_sw_at(gpa, owner)
+
+    def remove_sw_at(self, gpa: int, owner: str) -> bool:
+        """owner's breakpoint planted at gpa goes (where it was planted, whatever the
+        page tables say now)."""
+        bp = self.sw.get(gpa)
         if bp is None or owner not in bp.owners:
             return False
         bp.owners.discard(owner)
@@ -120,7 +123,7 @@ class DebugControl:
         """Drop every breakpoint of owner (a debugger that went away)."""
         for bp in list(self.sw.values()):
             if owner in bp.owners:
-                self.remove_sw(bp.gva, owner)
+                self.remove_sw_at(bp.gpa, owner)
         if owner == "gdb":
             self.hw = [None] * 4
             self.single_step = False
@@ -200,6 +203,10 @@ class DebugControl:
     def apply(self) -> None:
         if self.hold:
             return
+        hw = self.hw
+        quick = (bool(self.sw), self.single_step, hw[0], hw[1], hw[2], hw[3])
+        if quick == self._quick:
+            return                    # what decides the ioctl is as last applied
         control = 0
         dr = [0] * 8
         if self.sw:
@@ -218,6 +225,7 @@ class DebugControl:
         if key != self._applied:
             self.m.vcpu.set_guest_debug(control, dr)
             self._applied = key
+        self._quick = quick
 
     def flush(self) -> None:
         """Apply what a stopped debugger changed (before the guest runs)."""
@@ -257,6 +265,7 @@ class DebugControl:
         gpa = self.translate(rip)
         bp = self.sw.get(gpa) if gpa is not None else None
         if bp is not None and not bp.lifted:
+            self._hit = bp                # for vmexit_hook: no second page walk
             return ("sw", rip)
         return None
 
@@ -271,8 +280,9 @@ class DebugControl:
         kind, gva = what
         owners = ("gdb",)
         if kind == "sw":
-            bp = self.sw.get(self.translate(gva))
-            owners = sorted(bp.owners, key=lambda o: o != "gdb") if bp else ()
+            bp, self._hit = self._hit, None
+            owners = tuple(bp.owners) if len(bp.owners) == 1 else \
+                sorted(bp.owners, key=lambda o: o != "gdb")
         result = None
         for owner in owners:
             fn = self.handlers.get(owner)
