@@ -127,6 +127,8 @@ class _Deferred:
         spec = bootstrap.ModuleSpec(name, self, origin=src)
         spec.has_location = True
         spec.loader_state = loader
+        head, _, tail = src.rpartition("/")
+        spec.cached = f"{head}/__pycache__/{tail[:-3]}.{sys.implementation.cache_tag}.pyc"
         return spec
 
     def create_module(self, spec):
