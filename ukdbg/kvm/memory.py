@@ -19,6 +19,19 @@ _U32 = struct.Struct("<I")
 _MAX_ADDR = 1 << 64
 
 
+def _codes(fmt: str) -> list:
+    """The field codes of a struct format, one per field ("<2Qi4x" -> Q, Q, i)."""
+    out, count = [], ""
+    for c in fmt.lstrip("@=<>!"):
+        if c.isdigit():
+            count += c
+            continue
+        if c != "x":
+            out += [c] * (1 if c in "sp" else int(count or 1))
+        count = ""
+    return out
+
+
 class GuestMemory:
     _serial = 0
 
@@ -125,6 +138,49 @@ class GuestMemory:
                 check(gpa, n)
             pack_into(mp, gpa, value())
         return handler
+
+    def request(self, st: struct.Struct, at: int, results=True, fills=False):
+        """(load, mapping, refuse) for a struct naming a guest buffer by its fields at
+        and at+1 (address, length): the whole request in one call (PUTS, NET, BLOCK).
+
+        load(gpa) -> (st's fields, buffer). The struct is checked as struct_window's
+        (results=False: as struct_reader's, arguments only). buffer is a view of the
+        bytes named, or None when the monitor may not read them (check()) or, fills=True,
+        fill them on the guest's behalf (check_guest_write()): the handler answers a bad
+        handle first (Solo5's order), then calls refuse(address, length) for a None
+        buffer, which raises that check's GuestMemoryError."""
+        size, mp, mv, (ro_lo, ro_hi) = self._hot()
+        n, unpack_from = st.size, st.unpack_from
+        limit = size - n
+        check, check_w = self.check, self.check_guest_write
+        check_st = check_w if results else check
+        refuse = check_w if fills else check
+        if not results:
+            ro_lo, ro_hi = size, 0                  # the struct: RAM is enough
+        b_lo, b_hi = (ro_lo, ro_hi) if fills else (size, 0)
+        if _codes(st.format)[at:at + 2] not in (["Q", "Q"], ["I", "I"]):
+            raise ValueError(f"struct {st.format!r}: fields {at}, {at + 1} are not an "
+                             f"unsigned (address, length) pair")
+        at1 = at + 1
+
+        def slow(a, k):
+            try:
+                refuse(a, k)
+            except GuestMemoryError:
+                return None
+            return mv[a:a + k]
+
+        def load(gpa):
+            if not (0 <= gpa <= limit and (gpa >= ro_hi or gpa + n <= ro_lo)):
+                check_st(gpa, n)
+            f = unpack_from(mp, gpa)
+            a = f[at]
+            k = f[at1]
+            end = a + k                              # unsigned fields: a, k >= 0
+            if end <= size and (a >= b_hi or end <= b_lo):
+                return f, mv[a:end]
+            return f, slow(a, k)
+        return load, mp, refuse
 
     def slicers(self):
         """(view, guest_view): slice() bound once, and its guest_write() twin for a
