@@ -91,9 +91,11 @@ class GuestMemory:
     # Handlers bind these once at set-up: each is one call doing check() (or
     # check_guest_write()) and the access, with no method lookups. A struct or buffer
     # clear of the read-only hull needs one compare; inside it, check_guest_write()
-    # decides. They read and write the mapping directly, so they are not seen by
-    # wrappers of the methods above (reverse/checkpoint.py marks hypercall results from
-    # the ABI instead, like the recorder).
+    # decides. Bounds are tested `x >= 0 and x <= limit`, not chained: CPython 3.11
+    # specialises a compare followed by a jump (small ints), a chained one not. They
+    # read and write the mapping directly, so they are not seen by wrappers of the
+    # methods above (reverse/checkpoint.py marks hypercall results from the ABI
+    # instead, like the recorder).
     def _hot(self):
         self._bound = True
         return self.size, self._map, self.view, self._ro_hull
@@ -105,7 +107,7 @@ class GuestMemory:
         limit = size - n
 
         def read(gpa):
-            if 0 <= gpa <= limit:
+            if gpa >= 0 and gpa <= limit:
                 return unpack_from(mp, gpa)
             raise GuestMemoryError(gpa, n)
         return read
@@ -119,7 +121,7 @@ class GuestMemory:
         check = self.check_guest_write
 
         def load(gpa):
-            if 0 <= gpa <= limit and (gpa >= ro_hi or gpa + n <= ro_lo):
+            if gpa >= 0 and gpa <= limit and (gpa >= ro_hi or gpa + n <= ro_lo):
                 return unpack_from(mp, gpa)
             check(gpa, n)
             return unpack_from(mp, gpa)
@@ -134,7 +136,7 @@ class GuestMemory:
         check = self.check_guest_write
 
         def handler(m, gpa):
-            if not (0 <= gpa <= limit and (gpa >= ro_hi or gpa + n <= ro_lo)):
+            if not (gpa >= 0 and gpa <= limit and (gpa >= ro_hi or gpa + n <= ro_lo)):
                 check(gpa, n)
             pack_into(mp, gpa, value())
         return handler
@@ -155,9 +157,10 @@ class GuestMemory:
         check, check_w = self.check, self.check_guest_write
         check_st = check_w if results else check
         refuse = check_w if fills else check
-        if not results:
-            ro_lo, ro_hi = size, 0                  # the struct: RAM is enough
+        # [lo, hi) hulls the struct and the buffer must avoid ((size, 0): none)
         b_lo, b_hi = (ro_lo, ro_hi) if fills else (size, 0)
+        if not results:
+            ro_lo, ro_hi = size, 0
         if _codes(st.format)[at:at + 2] not in (["Q", "Q"], ["I", "I"]):
             raise ValueError(f"struct {st.format!r}: fields {at}, {at + 1} are not an "
                              f"unsigned (address, length) pair")
@@ -171,7 +174,7 @@ class GuestMemory:
             return mv[a:a + k]
 
         def load(gpa):
-            if not (0 <= gpa <= limit and (gpa >= ro_hi or gpa + n <= ro_lo)):
+            if not (gpa >= 0 and gpa <= limit and (gpa >= ro_hi or gpa + n <= ro_lo)):
                 check_st(gpa, n)
             f = unpack_from(mp, gpa)
             a = f[at]
