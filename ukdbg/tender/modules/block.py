@@ -75,7 +75,10 @@ def handlers(m):
 
     def block_write(m, gpa):
         (handle, off, data, n, _), buf = load_w(gpa)
-        host = hosts.get(handle)
+        try:
+            host = hosts[handle]
+        except KeyError:
+            host = None
         if host is None or off + n > host.capacity or off >= host.capacity:
             put_ret(raw, gpa + ret_off, einval)
             return None
@@ -94,7 +97,10 @@ def handlers(m):
 
     def block_read(m, gpa):
         (handle, off, data, n, _), buf = load_r(gpa)
-        host = hosts.get(handle)
+        try:
+            host = hosts[handle]
+        except KeyError:
+            host = None
         if host is None or off + n > host.capacity or off >= host.capacity:
             put_ret(raw, gpa + ret_off, einval)
             return None
