@@ -135,6 +135,7 @@ def full(kind, n, block, tap):
 
 def host_floor(kind, n, block, tap):
     """us per call of the host system call behind a `kind` hypercall, alone."""
+    import io
     import select
     from ukdbg.tender.modules.net import TapBackend
     buf = memoryview(bytearray(512))
@@ -145,14 +146,12 @@ def host_floor(kind, n, block, tap):
     p = select.poll()
     p.register(tapdev.fd, select.POLLIN)
 
-    def net_read():
-        try:
-            os.readv(tapdev.fd, [buf])
-        except BlockingIOError:
-            pass
+    # As modules/net.py reads: read(2) through FileIO.readinto, None when no frame
+    # waits (os.readv would raise BlockingIOError, ~0.4 us more here).
+    net_read = io.FileIO(tapdev.fd, "r", closefd=False).readinto
     fn = {"walltime": time.time_ns, "puts": lambda: os.write(null, frame[:1]),
           "poll": lambda: p.poll(0), "net_write": lambda: os.write(tapdev.fd, frame),
-          "net_read": net_read, "block_write": lambda: os.pwrite(bfd, buf, 0),
+          "net_read": lambda: net_read(buf), "block_write": lambda: os.pwrite(bfd, buf, 0),
           "block_read": lambda: os.preadv(bfd, [buf], 0)}[kind]
 
     def nop():
