@@ -91,26 +91,12 @@ class GuestMemory:
     # Handlers bind these once at set-up: each is one call doing check() (or
     # check_guest_write()) and the access, with no method lookups. A struct or buffer
     # clear of the read-only hull needs one compare; inside it, check_guest_write()
-    # decides. Bounds are tested `x >= 0 and x <= limit`, not chained: CPython 3.11
-    # specialises a compare followed by a jump (small ints), a chained one not. They
-    # read and write the mapping directly, so they are not seen by wrappers of the
-    # methods above (reverse/checkpoint.py marks hypercall results from the ABI
-    # instead, like the recorder).
+    # decides. They read and write the mapping directly, so they are not seen by
+    # wrappers of the methods above (reverse/checkpoint.py marks hypercall results from
+    # the ABI instead, like the recorder).
     def _hot(self):
         self._bound = True
         return self.size, self._map, self.view, self._ro_hull
-
-    def struct_reader(self, st: struct.Struct):
-        """read(gpa) -> st's fields, after check(gpa, st.size) (arguments only)."""
-        size, mp, _, _ = self._hot()
-        n, unpack_from = st.size, st.unpack_from
-        limit = size - n
-
-        def read(gpa):
-            if gpa >= 0 and gpa <= limit:
-                return unpack_from(mp, gpa)
-            raise GuestMemoryError(gpa, n)
-        return read
 
     def struct_window(self, st: struct.Struct):
         """(load, mapping): load(gpa) -> st's fields, after checking the whole struct as
@@ -121,7 +107,7 @@ class GuestMemory:
         check = self.check_guest_write
 
         def load(gpa):
-            if gpa >= 0 and gpa <= limit and (gpa >= ro_hi or gpa + n <= ro_lo):
+            if 0 <= gpa <= limit and (gpa >= ro_hi or gpa + n <= ro_lo):
                 return unpack_from(mp, gpa)
             check(gpa, n)
             return unpack_from(mp, gpa)
@@ -136,7 +122,7 @@ class GuestMemory:
         check = self.check_guest_write
 
         def handler(m, gpa):
-            if not (gpa >= 0 and gpa <= limit and (gpa >= ro_hi or gpa + n <= ro_lo)):
+            if not (0 <= gpa <= limit and (gpa >= ro_hi or gpa + n <= ro_lo)):
                 check(gpa, n)
             pack_into(mp, gpa, value())
         return handler
@@ -146,7 +132,7 @@ class GuestMemory:
         and at+1 (address, length): the whole request in one call (PUTS, NET, BLOCK).
 
         load(gpa) -> (st's fields, buffer). The struct is checked as struct_window's
-        (results=False: as struct_reader's, arguments only). buffer is a view of the
+        (results=False: as check() does, arguments only). buffer is a view of the
         bytes named, or None when the monitor may not read them (check()) or, fills=True,
         fill them on the guest's behalf (check_guest_write()): the handler answers a bad
         handle first (Solo5's order), then calls refuse(address, length) for a None
@@ -174,7 +160,7 @@ class GuestMemory:
             return mv[a:a + k]
 
         def load(gpa):
-            if not (gpa >= 0 and gpa <= limit and (gpa >= ro_hi or gpa + n <= ro_lo)):
+            if not (0 <= gpa <= limit and (gpa >= ro_hi or gpa + n <= ro_lo)):
                 check_st(gpa, n)
             f = unpack_from(mp, gpa)
             a = f[at]
@@ -184,24 +170,6 @@ class GuestMemory:
                 return f, mv[a:end]
             return f, slow(a, k)
         return load, mp, refuse
-
-    def slicers(self):
-        """(view, guest_view): slice() bound once, and its guest_write() twin for a
-        buffer the guest has the monitor fill (NET_READ, BLOCK_READ)."""
-        size, _, mv, (ro_lo, ro_hi) = self._hot()
-        check = self.check_guest_write
-
-        def view(gpa, n):
-            if 0 <= gpa and 0 <= n and gpa + n <= size:
-                return mv[gpa:gpa + n]
-            raise GuestMemoryError(gpa, n)
-
-        def guest_view(gpa, n):
-            end = gpa + n
-            if not (0 <= gpa and 0 <= n and end <= size and (gpa >= ro_hi or end <= ro_lo)):
-                check(gpa, n)
-            return mv[gpa:end]
-        return view, guest_view
 
     # --- access (address first, always) --------------------------------------------------
     def read(self, gpa: int, size: int) -> bytes:

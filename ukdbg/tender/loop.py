@@ -50,7 +50,7 @@ def run(m):
         ex = vcpu_run()
         if ex.__class__ is io_out:
             nr = ex.port - pio_base
-            if nr >= 0 and nr < hc_max and ex.size == 4:   # not chained: see kvm/memory.py
+            if 0 <= nr < hc_max and ex.size == 4:
                 gpa = from_bytes(ex.data, "little")
                 counts[nr] += 1
                 if observers:
