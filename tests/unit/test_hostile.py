@@ -277,10 +277,8 @@ def test_hot_accessors_check_as_the_methods_do(gpa, n, ranges):
     try:
         for page, pages in ranges:
             mem.protect(page * 4096, min(MEM, (page + pages) * 4096))
-        view, guest_view = mem.slicers()
         st_n = struct.Struct(f"<{min(n, 64)}s")
         load, _ = mem.struct_window(st_n)
-        read = mem.struct_reader(st_n)
         handler = mem.result_handler(st_n, lambda: b"\1" * st_n.size)
 
         def refused(fn, *a):
@@ -289,13 +287,64 @@ def test_hot_accessors_check_as_the_methods_do(gpa, n, ranges):
             except GuestMemoryError:
                 return True
             return False
-        assert refused(view, gpa, n) == refused(mem.check, gpa, n)
-        assert refused(guest_view, gpa, n) == refused(mem.check_guest_write, gpa, n)
         m = st_n.size
-        assert refused(read, gpa) == refused(mem.check, gpa, m)
         assert refused(load, gpa) == refused(mem.check_guest_write, gpa, m)
         assert refused(handler, None, gpa) == refused(mem.check_guest_write, gpa, m)
         with pytest.raises(RuntimeError):
             mem.protect(0, 4096)             # the accessors hold the ranges as they were
+    finally:
+        mem.close()
+
+
+@settings(max_examples=400, deadline=None)
+@given(gpa=addr64, addr=addr64, n=length, results=st.booleans(), fills=st.booleans(),
+       ranges=st.lists(st.tuples(st.integers(0, MEM // 4096), st.integers(1, 8)),
+                       max_size=3))
+def test_request_accessor_checks_struct_then_buffer(gpa, addr, n, results, fills, ranges):
+    """mem.request() (PUTS, NET, BLOCK): the struct is refused exactly as check() or
+    check_guest_write() refuse it; the buffer it names is None exactly when the
+    matching check refuses it, refuse() then raises, and otherwise the view holds
+    those bytes of guest memory."""
+    from ukdbg.errors import GuestMemoryError
+    mem = GuestMemory(MEM)
+    try:
+        for page, pages in ranges:
+            mem.protect(page * 4096, min(MEM, (page + pages) * 4096))
+        req = abi.HC_NET_ST                              # handle, data, len, ret
+        load, _, refuse = mem.request(req, 1, results=results, fills=fills)
+        st_check = mem.check_guest_write if results else mem.check
+        buf_check = mem.check_guest_write if fills else mem.check
+
+        def refused(fn, *a):
+            try:
+                fn(*a)
+            except GuestMemoryError:
+                return True
+            return False
+        if in_ram(gpa, req.size):
+            mem.write(gpa, req.pack(7, addr, n, 0))
+        if refused(st_check, gpa, req.size):
+            assert refused(load, gpa)
+            return
+        (handle, data, k, _), buf = load(gpa)
+        assert (handle, data, k) == (7, addr, n)
+        if refused(buf_check, addr, n):
+            assert buf is None and refused(refuse, addr, n)
+        else:
+            assert buf is not None and not refused(refuse, addr, n)
+            assert len(buf) == n and bytes(buf[:64]) == mem.read(addr, min(n, 64))
+            buf.release()
+    finally:
+        mem.close()
+
+
+def test_request_accessor_wants_an_unsigned_address_length_pair():
+    mem = GuestMemory(4096)
+    try:
+        for st_, at in ((struct.Struct("<Qqi"), 0), (struct.Struct("<xQQq"), 1),
+                        (abi.HC_NET_ST, 2)):
+            with pytest.raises(ValueError):
+                mem.request(st_, at)
+        mem.request(struct.Struct("<2QQ"), 1)             # counts are fields too
     finally:
         mem.close()

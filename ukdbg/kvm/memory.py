@@ -19,6 +19,19 @@ _U32 = struct.Struct("<I")
 _MAX_ADDR = 1 << 64
 
 
+def _codes(fmt: str) -> list:
+    """The field codes of a struct format, one per field ("<2Qi4x" -> Q, Q, i)."""
+    out, count = [], ""
+    for c in fmt.lstrip("@=<>!"):
+        if c.isdigit():
+            count += c
+            continue
+        if c != "x":
+            out += [c] * (1 if c in "sp" else int(count or 1))
+        count = ""
+    return out
+
+
 class GuestMemory:
     _serial = 0
 
@@ -87,18 +100,6 @@ class GuestMemory:
         self._bound = True
         return self.size, self._map, self.view, self._ro_hull
 
-    def struct_reader(self, st: struct.Struct):
-        """read(gpa) -> st's fields, after check(gpa, st.size) (arguments only)."""
-        size, mp, _, _ = self._hot()
-        n, unpack_from = st.size, st.unpack_from
-        limit = size - n
-
-        def read(gpa):
-            if 0 <= gpa <= limit:
-                return unpack_from(mp, gpa)
-            raise GuestMemoryError(gpa, n)
-        return read
-
     def struct_window(self, st: struct.Struct):
         """(load, mapping): load(gpa) -> st's fields, after checking the whole struct as
         guest_write() does; its results may then be packed into mapping at gpa+offset."""
@@ -128,23 +129,49 @@ class GuestMemory:
             pack_into(mp, gpa, value())
         return handler
 
-    def slicers(self):
-        """(view, guest_view): slice() bound once, and its guest_write() twin for a
-        buffer the guest has the monitor fill (NET_READ, BLOCK_READ)."""
-        size, _, mv, (ro_lo, ro_hi) = self._hot()
-        check = self.check_guest_write
+    def request(self, st: struct.Struct, at: int, results=True, fills=False):
+        """(load, mapping, refuse) for a struct naming a guest buffer by its fields at
+        and at+1 (address, length): the whole request in one call (PUTS, NET, BLOCK).
 
-        def view(gpa, n):
-            if 0 <= gpa and 0 <= n and gpa + n <= size:
-                return mv[gpa:gpa + n]
-            raise GuestMemoryError(gpa, n)
+        load(gpa) -> (st's fields, buffer). The struct is checked as struct_window's
+        (results=False: as check() does, arguments only). buffer is a view of the
+        bytes named, or None when the monitor may not read them (check()) or, fills=True,
+        fill them on the guest's behalf (check_guest_write()): the handler answers a bad
+        handle first (Solo5's order), then calls refuse(address, length) for a None
+        buffer, which raises that check's GuestMemoryError."""
+        size, mp, mv, (ro_lo, ro_hi) = self._hot()
+        n, unpack_from = st.size, st.unpack_from
+        limit = size - n
+        check, check_w = self.check, self.check_guest_write
+        check_st = check_w if results else check
+        refuse = check_w if fills else check
+        # [lo, hi) hulls the struct and the buffer must avoid ((size, 0): none)
+        b_lo, b_hi = (ro_lo, ro_hi) if fills else (size, 0)
+        if not results:
+            ro_lo, ro_hi = size, 0
+        if _codes(st.format)[at:at + 2] not in (["Q", "Q"], ["I", "I"]):
+            raise ValueError(f"struct {st.format!r}: fields {at}, {at + 1} are not an "
+                             f"unsigned (address, length) pair")
+        at1 = at + 1
 
-        def guest_view(gpa, n):
-            end = gpa + n
-            if not (0 <= gpa and 0 <= n and end <= size and (gpa >= ro_hi or end <= ro_lo)):
-                check(gpa, n)
-            return mv[gpa:end]
-        return view, guest_view
+        def slow(a, k):
+            try:
+                refuse(a, k)
+            except GuestMemoryError:
+                return None
+            return mv[a:a + k]
+
+        def load(gpa):
+            if not (0 <= gpa <= limit and (gpa >= ro_hi or gpa + n <= ro_lo)):
+                check_st(gpa, n)
+            f = unpack_from(mp, gpa)
+            a = f[at]
+            k = f[at1]
+            end = a + k                              # unsigned fields: a, k >= 0
+            if end <= size and (a >= b_hi or end <= b_lo):
+                return f, mv[a:end]
+            return f, slow(a, k)
+        return load, mp, refuse
 
     # --- access (address first, always) --------------------------------------------------
     def read(self, gpa: int, size: int) -> bytes:

@@ -60,54 +60,60 @@ def _host_failure(m, dev, what, e):
 def handlers(m):
     """(block_write, block_read) for m's attached BLOCK_BASIC devices.
 
-    Hot path (bench/hypercalls.py): as modules/net.py's handlers."""
+    Hot path (bench/hypercalls.py): as modules/net.py's handlers. A request is refused
+    (EINVAL) for a bad handle or a range outside the device (a block_size multiple is
+    the guest's business, as in Solo5's hvt), before its buffer is looked at."""
     mem = m.mem
-    load, raw = mem.struct_window(_BLK)
-    view, guest_view = mem.slicers()
+    load_w, raw, refuse_w = mem.request(_BLK, 2)
+    load_r, _, refuse_r = mem.request(_BLK, 2, fills=True)
     disks = m.attached(abi.MFT_DEV_BLOCK_BASIC)           # handle -> device
+    hosts = {h: dev.host for h, dev in disks.items()}
     put_ret = abi.RET_ST.pack_into
     ret_off = abi.BLOCK_RET_OFF
     ok, einval = abi.SOLO5_R_OK, abi.SOLO5_R_EINVAL
     pwrite, preadv = os.pwrite, os.preadv
 
-    def request(gpa):
-        """(device, offset, data, len) of the guest's request, or None once answered
-        EINVAL: a bad handle or a range outside the device (a block_size multiple is the
-        guest's business, as in Solo5's hvt)."""
-        handle, off, data, n, _ = load(gpa)
-        dev = disks.get(handle)
-        if dev is None or off + n > dev.capacity or off >= dev.capacity:
+    def block_write(m, gpa):
+        (handle, off, data, n, _), buf = load_w(gpa)
+        try:
+            host = hosts[handle]
+        except KeyError:
+            host = None
+        if host is None or off + n > host.capacity or off >= host.capacity:
             put_ret(raw, gpa + ret_off, einval)
             return None
-        return dev, off, data, n
-
-    def block_write(m, gpa):
-        req = request(gpa)
-        if req is None:
-            return None
-        dev, off, data, n = req
+        if buf is None:
+            refuse_w(data, n)
         try:
-            done = pwrite(dev.host.fd, view(data, n), off)
+            done = pwrite(host.fd, buf, off)
         except OSError as e:
-            return _host_failure(m, dev, f"write of {n} bytes at {off}", e)
+            return _host_failure(m, disks[handle], f"write of {n} bytes at {off}", e)
         if done != n:
-            return _host_failure(m, dev, f"write of {n} bytes at {off}", f"short write ({done})")
-        dev.host.bytes_written += n
+            return _host_failure(m, disks[handle], f"write of {n} bytes at {off}",
+                                 f"short write ({done})")
+        host.bytes_written += n
         put_ret(raw, gpa + ret_off, ok)
         return None
 
     def block_read(m, gpa):
-        req = request(gpa)
-        if req is None:
-            return None
-        dev, off, data, n = req
+        (handle, off, data, n, _), buf = load_r(gpa)
         try:
-            done = preadv(dev.host.fd, [guest_view(data, n)], off)
+            host = hosts[handle]
+        except KeyError:
+            host = None
+        if host is None or off + n > host.capacity or off >= host.capacity:
+            put_ret(raw, gpa + ret_off, einval)
+            return None
+        if buf is None:
+            refuse_r(data, n)
+        try:
+            done = preadv(host.fd, [buf], off)
         except OSError as e:
-            return _host_failure(m, dev, f"read of {n} bytes at {off}", e)
+            return _host_failure(m, disks[handle], f"read of {n} bytes at {off}", e)
         if done != n:
-            return _host_failure(m, dev, f"read of {n} bytes at {off}", f"short read ({done})")
-        dev.host.bytes_read += n
+            return _host_failure(m, disks[handle], f"read of {n} bytes at {off}",
+                                 f"short read ({done})")
+        host.bytes_read += n
         put_ret(raw, gpa + ret_off, ok)
         return None
 

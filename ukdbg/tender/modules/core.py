@@ -17,17 +17,18 @@ def setup(m, opts) -> None:
     mem = m.mem
     console = m.console
     walltime = mem.result_handler(_WALL, time.time_ns)
-    puts_args = mem.struct_reader(_PUTS)
-    view, _ = mem.slicers()
+    puts_load, _, refuse = mem.request(_PUTS, 0, results=False)
 
     def puts(m, gpa):
-        data, n = puts_args(gpa)
-        console.write(view(data, n))
+        (data, n), buf = puts_load(gpa)
+        if buf is None:
+            refuse(data, n)
+        console.write(buf)
 
     poll_args, raw = mem.struct_window(_POLL)
     put_ready = _POLL_OUT.pack_into
     nets = m.net_fds                      # fd -> manifest index (modules.net fills it)
-    net_poll = []                         # [select.poll of the net fds], made once
+    poll0 = None                          # select.poll(...).poll of the net fds, made once
 
     def poll(m, gpa):
         """Sleep until the relative timeout passes or a net device is readable.
@@ -39,16 +40,20 @@ def setup(m, opts) -> None:
         wait: the net devices are polled once, and the monitor's events, whose signals
         stay blocked meanwhile, end the next KVM_RUN at once and are serviced there.
         """
+        nonlocal poll0
         timeout_ns = poll_args(gpa)[0]
         stop = None
         if timeout_ns == 0:
-            if not nets:
+            if poll0 is None:
+                if not nets:
+                    put_ready(raw, gpa + _POLL_OUT_OFF, 0, 0)
+                    return None
+                poll0 = _poller(nets).poll
+            events = poll0(0)
+            if not events:
                 put_ready(raw, gpa + _POLL_OUT_OFF, 0, 0)
                 return None
-            if not net_poll:
-                net_poll.append(_poller(nets))
-            events = net_poll[0].poll(0)
-            ready = [fd for fd, _ in events] if events else ()
+            ready = [fd for fd, _ in events]
         else:
             fds = list(nets)
             deadline = time.monotonic() + timeout_ns / 1e9
