@@ -67,7 +67,6 @@ POLICY = (
     # --- files: read anything, write only fds opened at set-up or brand-new files
     ("read", "console, sockets, tap (NET_READ), late imports", None),
     ("write", "console output, --trace, --log, --console, sockets, tap (NET_WRITE)", None),
-    ("readv", "NET_READ straight into guest memory", None),
     ("pread64", "reading cores' pages and the image for gdb's vFile", None),
     ("preadv2", "BLOCK_READ straight into guest memory (os.preadv)", None),
     ("pwrite64", "BLOCK_WRITE; writing a core", None),
