@@ -16,6 +16,7 @@ import time
 import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
+from ukdbg.errors import GuestMemoryError
 from ukdbg.kvm import uapi
 from ukdbg.kvm.exits import IoOut
 from ukdbg.kvm.memory import GuestMemory
@@ -124,6 +125,15 @@ addr32 = st.one_of(st.sampled_from([a for a in INTERESTING if a < 2**32]),
                    st.integers(0, 2**32 - 1))
 length = st.one_of(st.sampled_from([0, 1, 16, 512, 4096, MEM, 2**63, 2**64 - 1]),
                    st.integers(0, 8192))
+
+
+def refused(fn, *a):
+    """True if fn(*a) refuses with GuestMemoryError."""
+    try:
+        fn(*a)
+    except GuestMemoryError:
+        return True
+    return False
 
 
 def in_ram(gpa, size):
@@ -272,7 +282,6 @@ def test_hot_accessors_check_as_the_methods_do(gpa, n, ranges):
     """kvm/memory.py's bound accessors (the hypercalls' hot path) refuse exactly what
     check()/check_guest_write() refuse, read-only ranges with gaps between them
     included (their one-compare hull is only a fast path)."""
-    from ukdbg.errors import GuestMemoryError
     mem = GuestMemory(MEM)
     try:
         for page, pages in ranges:
@@ -281,12 +290,6 @@ def test_hot_accessors_check_as_the_methods_do(gpa, n, ranges):
         load, _ = mem.struct_window(st_n)
         handler = mem.result_handler(st_n, lambda: b"\1" * st_n.size)
 
-        def refused(fn, *a):
-            try:
-                fn(*a)
-            except GuestMemoryError:
-                return True
-            return False
         m = st_n.size
         assert refused(load, gpa) == refused(mem.check_guest_write, gpa, m)
         assert refused(handler, None, gpa) == refused(mem.check_guest_write, gpa, m)
@@ -305,7 +308,6 @@ def test_request_accessor_checks_struct_then_buffer(gpa, addr, n, results, fills
     check_guest_write() refuse it; the buffer it names is None exactly when the
     matching check refuses it, refuse() then raises, and otherwise the view holds
     those bytes of guest memory."""
-    from ukdbg.errors import GuestMemoryError
     mem = GuestMemory(MEM)
     try:
         for page, pages in ranges:
@@ -315,12 +317,6 @@ def test_request_accessor_checks_struct_then_buffer(gpa, addr, n, results, fills
         st_check = mem.check_guest_write if results else mem.check
         buf_check = mem.check_guest_write if fills else mem.check
 
-        def refused(fn, *a):
-            try:
-                fn(*a)
-            except GuestMemoryError:
-                return True
-            return False
         if in_ram(gpa, req.size):
             mem.write(gpa, req.pack(7, addr, n, 0))
         if refused(st_check, gpa, req.size):

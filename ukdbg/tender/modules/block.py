@@ -96,6 +96,8 @@ def handlers(m):
         return None
 
     def block_read(m, gpa):
+        # block_write's checks, inlined in each: a shared helper is one more Python
+        # call per hypercall (bench/hypercalls.py)
         (handle, off, data, n, _), buf = load_r(gpa)
         try:
             host = hosts[handle]
