@@ -64,11 +64,7 @@ class _Byte(_ctypes.Array):
 def buffer_address(buf) -> int:
     """The address of a writable buffer's first byte (an mmap: where it is mapped).
     Nothing keeps the buffer exported: it may be closed afterwards."""
-    probe = _Byte.from_buffer(buf)
-    try:
-        return _ctypes.addressof(probe)
-    finally:
-        del probe
+    return _ctypes.addressof(_Byte.from_buffer(buf))     # the probe dies at once
 
 
 def unix_listener(path: str, backlog: int) -> int:
@@ -106,13 +102,10 @@ class Poller:
         pack = _POLLFD.pack_into
         for i, fd in enumerate(fds):
             pack(view, i * 8, fd, POLLIN, 0)
-        r = _syscall(SYS_POLL, self._buf.address, n, timeout_ms, 0, 0, 0, 0)
-        if r == -1:
-            err = _ctypes.get_errno()
-            if err == 4:              # EINTR
+        try:
+            if not syscall(SYS_POLL, self._buf.address, n, timeout_ms):
                 return []
-            raise OSError(err, os.strerror(err))
-        if r == 0:
+        except InterruptedError:
             return []
         out = []
         unpack = _POLLFD.unpack_from

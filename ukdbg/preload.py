@@ -65,7 +65,6 @@ def load(path=None) -> bool:
     loader_cls = sys.modules["_frozen_importlib_external"].SourceFileLoader
     module = type(sys)
     mods = sys.modules
-    pyc = f".{sys.implementation.cache_tag}.pyc"
     later = {}
     try:
         with memoryview(mm) as view:
@@ -82,16 +81,14 @@ def load(path=None) -> bool:
                 loader = loader_cls(name, path)
                 spec = bootstrap.ModuleSpec(name, loader, origin=path, is_package=is_pkg)
                 spec.has_location = True
-                head, _, tail = path.rpartition("/")
-                # spec.cached would compute this through importlib's helpers (~10 us)
-                spec.cached = f"{head}/__pycache__/{tail[:-3]}{pyc}"
+                spec.cached = _cached(path)
                 m = module(name)
                 m.__file__ = path
                 m.__loader__ = loader
                 m.__spec__ = spec
                 m.__cached__ = spec.cached
                 if is_pkg:
-                    m.__path__ = spec.submodule_search_locations = [head]
+                    m.__path__ = spec.submodule_search_locations = [path.rpartition("/")[0]]
                     m.__package__ = name
                 else:
                     m.__package__ = parent
@@ -111,6 +108,13 @@ def load(path=None) -> bool:
     return True
 
 
+def _cached(src: str) -> str:
+    """The .pyc path of source src, as importlib's cache_from_source() gives it (~10 us
+    through importlib's helpers)."""
+    head, _, tail = src.rpartition("/")
+    return f"{head}/__pycache__/{tail[:-3]}.{sys.implementation.cache_tag}.pyc"
+
+
 class _Deferred:
     """The finder and loader of the DEFERRED modules: their code from the cache file
     (as it was validated at start-up), then the normal file loader's attributes."""
@@ -127,8 +131,7 @@ class _Deferred:
         spec = bootstrap.ModuleSpec(name, self, origin=src)
         spec.has_location = True
         spec.loader_state = loader
-        head, _, tail = src.rpartition("/")
-        spec.cached = f"{head}/__pycache__/{tail[:-3]}.{sys.implementation.cache_tag}.pyc"
+        spec.cached = _cached(src)
         return spec
 
     def create_module(self, spec):

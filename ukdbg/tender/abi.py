@@ -45,6 +45,7 @@ HC_HALT_ST = struct.Struct("<Qi4x")               # cookie, exit_status
 # Output fields alone, for in-place updates.
 POLL_OUT_OFF, POLL_OUT = 8, struct.Struct("<Qi")  # ready_set, ret
 BLOCK_RET_OFF = 32
+NET_RET_OFF = 24
 NET_LEN_RET_OFF, NET_LEN_RET = 16, struct.Struct("<Qi")
 RET_ST = struct.Struct("<i")
 

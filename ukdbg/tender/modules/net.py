@@ -119,7 +119,7 @@ def handlers(m):
     put_ret = abi.RET_ST.pack_into
     put_len_ret = abi.NET_LEN_RET.pack_into
     ok, again, einval = abi.SOLO5_R_OK, abi.SOLO5_R_AGAIN, abi.SOLO5_R_EINVAL
-    len_ret = abi.NET_LEN_RET_OFF
+    ret_off, len_ret = abi.NET_RET_OFF, abi.NET_LEN_RET_OFF
     write = os.write
 
     def net_write(m, gpa):
@@ -127,7 +127,7 @@ def handlers(m):
         try:
             host = hosts[handle]
         except KeyError:
-            put_ret(raw, gpa + 24, einval)
+            put_ret(raw, gpa + ret_off, einval)
             return None
         if buf is None:
             refuse_w(data, n)
@@ -140,7 +140,7 @@ def handlers(m):
             return Crashed("host-io", SIGBUS, f"net device '{taps[handle].name}' "
                            f"({host.iface}): write of {n} bytes failed: {done}")
         host.bytes_written += n
-        put_ret(raw, gpa + 24, ok)
+        put_ret(raw, gpa + ret_off, ok)
         return None
 
     def net_read(m, gpa):
@@ -148,7 +148,7 @@ def handlers(m):
         try:
             readinto = readers[handle]
         except KeyError:
-            put_ret(raw, gpa + 24, einval)
+            put_ret(raw, gpa + ret_off, einval)
             return None
         if buf is None:
             refuse_r(data, n)
@@ -161,7 +161,7 @@ def handlers(m):
                            f"({host.iface}): read failed: "
                            f"{sandbox.describe(e, 'NET_READ') or e.strerror}")
         if not got:                       # None: nothing waiting (EAGAIN); 0: EOF
-            put_ret(raw, gpa + 24, again)
+            put_ret(raw, gpa + ret_off, again)
             return None
         hosts[handle].bytes_read += got
         put_len_ret(raw, gpa + len_ret, got, ok)
