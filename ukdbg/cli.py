@@ -1,7 +1,8 @@
 """ukdbg/cli.py: the `ukdbg` command: dispatch subcommands, map errors to exit codes.
 
-No logic lives here. `ukdbg run` is dispatched before anything else is imported: its
-start-up time is a measured feature (bench/boot.py).
+No logic lives here. The console script enters through ukdbg.main, which loads `ukdbg
+run`'s modules (this one included) from their cached file first: the run's start-up
+time is a measured feature (bench/boot.py).
 """
 
 import os
@@ -60,13 +61,13 @@ def main(argv=None) -> int:
         _err(f"unknown command '{cmd}'", "ukdbg --help lists the commands")
         return 2
     if cmd == "run":
-        # Start-up allocates ~40,000 objects that live until the exit: no collection
-        # scans them (~1 ms); run_main(exiting=True) freezes them and turns it back on.
+        # As ukdbg.main does it before importing this module (a no-op then): the
+        # collector off for the start-up's ~40,000 long-lived objects (run_main freezes
+        # them and turns it back on), the run path from its cached file.
         import gc
         gc.disable()
-        # The run path's modules from one cached file (~2.5 ms less than importing them)
-        from .preload import preload
-        preload()
+        from . import load_run_path
+        load_run_path()
     from .errors import UkdbgError
     try:
         modname, func = target.split(":")

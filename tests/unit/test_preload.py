@@ -169,6 +169,34 @@ cli.main(["run", "--no-control", sys.argv[1]])  # no timing-dependent socket
                        env=dict(os.environ, PYTHONPATH=str(src), **env))
     assert r.returncode == 0, r.stderr
     assert any(ln.endswith(" ukdbg.tender.machine") for ln in r.stderr.splitlines())
+    # every C module the run loads from a file is one the cache loads by its path
+    ext_code = code.replace('" ".join(sorted(sys.modules))', '" ".join(sorted(n for n, m in '
+                            'sys.modules.items() if type(getattr(m, "__loader__", None))'
+                            '.__name__ == "ExtensionFileLoader"))')
+    r = _py(src, ext_code, app("hello"), env=dict(env, UKDBG_NO_PRELOAD="1"))
+    assert r.returncode == 0, r.stderr
+    from ukdbg import preload
+    loaded = set(r.stderr.split("MODULES ", 1)[1].split())
+    assert loaded and loaded <= set(preload.EXTENSIONS), loaded - set(preload.EXTENSIONS)
+
+
+def test_c_modules_are_recorded_and_left_untouched(tmp_path):
+    """build() stamps the C modules it names (and writes nothing but its own file);
+    a file whose C modules are not on this interpreter's path is not used."""
+    src = _copy_tree(tmp_path)
+    from ukdbg import preload
+    sos = {n: p for n, p in preload._extensions()}
+    assert set(sos) <= set(preload.EXTENSIONS)
+    before = {p: (os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in sos.values()}
+    assert _py(src, BUILD).returncode == 0
+    assert {p: (os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in sos.values()} == before
+    r = _py(src, LOAD)
+    assert r.stdout.startswith("LOADED"), r.stdout + r.stderr
+    if sos:
+        # as another interpreter of the same bytecode version would see it
+        hide = "import sys; sys.path[:] = [p for p in sys.path if 'dynload' not in p]\n"
+        r = _py(src, hide + LOAD)
+        assert r.stdout.startswith("NOT"), r.stdout + r.stderr
 
 
 def test_a_deferred_module_runs_from_the_cache_only_when_imported(tmp_path):
