@@ -33,11 +33,14 @@ usage: bench/boot.py [-n 20] [--baseline-src DIR] [--sandbox-only]
 """
 
 import argparse
+import atexit
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -198,6 +201,29 @@ class Tree:
         self.imports = []
         self.open = []
         self.leaked = {}
+        self.script = None
+
+    def command(self):
+        """The console script pip writes for this checkout's entry point ([project.scripts]
+        in its pyproject.toml), so that each tree starts as its own installed `ukdbg`
+        would (this venv's script names this tree's entry only)."""
+        if self.script is None:
+            entry = "ukdbg.cli:main"
+            with open(os.path.join(self.src, "pyproject.toml")) as f:
+                for line in f:
+                    if line.replace(" ", "").startswith("ukdbg="):
+                        entry = line.split("=", 1)[1].strip().strip('"')
+            mod, func = entry.split(":")
+            d = tempfile.mkdtemp(prefix="ukdbg-boot-")
+            atexit.register(shutil.rmtree, d, True)
+            self.script = os.path.join(d, "ukdbg")
+            with open(self.script, "w") as f:
+                f.write(f"#!{sys.executable}\nimport sys\nfrom {mod} import {func}\n"
+                        "if __name__ == '__main__':\n"
+                        "    sys.argv[0] = sys.argv[0].removesuffix('.exe')\n"
+                        f"    sys.exit({func}())\n")
+            os.chmod(self.script, 0o755)
+        return self.script
 
     def import_code(self, imports):
         """The run path's imports as `ukdbg run` makes them: from the module cache
@@ -227,14 +253,14 @@ def measure(trees, n):
         timed([py, "-c", "pass"], base_env)
         for t in trees:
             for g in GUESTS:
-                timed([ukdbg, "run", *app_argv(g)], t.env)
+                timed([t.command(), "run", *app_argv(g)], t.env)
     base, base_cpu = [], []
     for _ in range(n):
         base.append(timed([py, "-c", "pass"], base_env))
         base_cpu.append(CPU[-1])
         for t in trees:
             for g in GUESTS:
-                t.total[g].append(timed([ukdbg, "run", *app_argv(g)], t.env))
+                t.total[g].append(timed([t.command(), "run", *app_argv(g)], t.env))
                 t.total_cpu[g].append(CPU[-1])
                 t.phases[g].append(phases(app_argv(g), t.env, t.src))
             t.imports.append(timed([py, "-c", t.import_code(imports)], t.env))
