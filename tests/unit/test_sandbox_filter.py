@@ -54,6 +54,10 @@ import fcntl, termios
 t("ioctl TIOCSTI", lambda: fcntl.ioctl(0, termios.TIOCSTI, b"x"))
 r, w = os.pipe()
 t("ioctl FIONREAD", lambda: fcntl.ioctl(r, termios.FIONREAD, b"\0\0\0\0"))
+from ukdbg import native
+t("number 500", lambda: native.syscall(500))        # none on x86-64 (yet)
+t("number 100000", lambda: native.syscall(100000))
+t("i386 getpid", lambda: native.syscall(0x40000000 | 39))   # the x32 ABI
 print(json.dumps(res))
 '''
 
@@ -92,6 +96,28 @@ def test_refused_and_named(results, what, name):
     assert results[what] == name
 
 
+def test_numbers_without_a_syscall(results):
+    """The default action's tail (sandbox._numbered) names any number below MAX_NR;
+    from it on, one errno; another ABI's calls another."""
+    assert results["number 500"] == "syscall 500"
+    assert results["number 100000"].startswith("an unknown syscall")
+    assert results["i386 getpid"] in ("a syscall of another architecture",
+                                      "an unknown syscall (number 512 or more)")
+
+
+def test_the_program_is_libseccomps_plus_the_numbering_tail():
+    from ukdbg import sandbox
+    ret_default = (0x06).to_bytes(2, "little") + b"\0\0" + \
+        (sandbox.SECCOMP_RET_ERRNO | (sandbox.BASE + sandbox.MAX_NR)).to_bytes(4, "little")
+    prog = ret_default + (0x06).to_bytes(2, "little") + b"\0\0" + (0x7fff0000).to_bytes(4, "little")
+    out = sandbox._numbered(prog)
+    assert len(out) == len(prog) + 6 * 8
+    assert out[:2] == (0x05).to_bytes(2, "little")                   # now a jump...
+    assert int.from_bytes(out[4:8], "little") == 1                     # ...over the allow
+    assert out[8:16] == prog[8:16]
+    assert out[-8:] == ret_default
+
+
 def test_refused_ioctl_is_reported_as_such(results):
     assert results["ioctl TIOCSTI"].startswith("ioctl with a request outside the allowlist")
 
@@ -100,3 +126,12 @@ def test_nothing_was_changed(results):
     d = results["_dir"]
     assert (d / "existing").read_bytes() == b"keep"
     assert sorted(os.listdir(d)) == ["existing", "n2"]
+
+
+def test_a_new_program_replaces_the_cached_programs_of_earlier_policies(tmp_path):
+    from ukdbg import sandbox
+    for old in ("seccomp-1-3000-25f3-18ed4341b4df4945.bpf", "seccomp-398be1e3.bpf"):
+        (tmp_path / old).write_bytes(b"old")
+    (tmp_path / "other-file").write_bytes(b"keep")
+    sandbox._write_cache(str(tmp_path / "seccomp-2-3000-1-2.bpf"), b"UKSB")
+    assert sorted(os.listdir(tmp_path)) == ["other-file", "seccomp-2-3000-1-2.bpf"]
