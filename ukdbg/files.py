@@ -137,3 +137,64 @@ def write_new(path: str, data, mode: int = 0o600) -> None:
         except OSError:
             pass
         raise
+
+
+# --- the per-user cache (compiled sandbox, KVM's CPUID) -----------------------------------
+def cache_dir() -> str:
+    """$XDG_CACHE_HOME/ukdbg or ~/.cache/ukdbg."""
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    if not base.startswith("/"):
+        base = os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "ukdbg")
+
+
+def private_cache_dir():
+    """cache_dir(), created 0700, or None when it is not a private place: it must be a
+    directory of ours that nobody else can write (its files are then trusted)."""
+    d = cache_dir()
+    try:
+        try:
+            st = os.lstat(d)
+        except FileNotFoundError:
+            os.makedirs(d, 0o700, exist_ok=True)
+            st = os.lstat(d)
+    except OSError:
+        return None
+    if st.st_mode & 0o170000 != 0o040000 or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        return None
+    return d
+
+
+def read_private(path, max_size: int):
+    """The bytes of a cache file, or None unless it is a regular file of ours that
+    nobody else can write, of at most max_size bytes (not followed if a symlink)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if (st.st_mode & 0o170000 != 0o100000 or st.st_uid != os.getuid()
+                or st.st_mode & 0o022 or st.st_size > max_size):
+            return None
+        return os.read(fd, max_size + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def replace_cached(path, data, prefix: str) -> None:
+    """Write a cache file (0600) and delete the files of earlier keys, those of its
+    directory named prefix*. A cache that cannot be written is no error."""
+    try:
+        write_new(path, data, 0o600)
+    except OSError:
+        return
+    d, me = os.path.split(path)
+    try:
+        for name in os.listdir(d):
+            if name.startswith(prefix) and name != me and not name.endswith(".tmp"):
+                os.unlink(os.path.join(d, name))
+    except OSError:
+        pass

@@ -51,26 +51,12 @@ def _key() -> str:
         return "%d-%08x" % (FORMAT, binascii.crc32(repr(P.POLICY).encode()))
 
 
-def cache_dir() -> str:
-    """$XDG_CACHE_HOME/ukdbg or ~/.cache/ukdbg (created 0700)."""
-    base = os.environ.get("XDG_CACHE_HOME", "")
-    if not base.startswith("/"):
-        base = os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "ukdbg")
-
-
 def _cache_path():
-    """The cache file's path, or None when there is no private place for it: it must
-    be a directory of ours that nobody else can write (else: compile every time)."""
-    d = cache_dir()
-    try:
-        os.makedirs(d, 0o700, exist_ok=True)
-        st = os.lstat(d)
-    except OSError:
-        return None
-    if st.st_mode & 0o170000 != 0o040000 or st.st_uid != os.getuid() or st.st_mode & 0o022:
-        return None
-    return os.path.join(d, f"seccomp-{_key()}.bpf")
+    """The cache file's path, or None when there is no private place for it (then the
+    program is compiled every time)."""
+    from .files import private_cache_dir
+    d = private_cache_dir()
+    return os.path.join(d, f"seccomp-{_key()}.bpf") if d else None
 
 
 def install(m=None) -> str:
@@ -94,19 +80,9 @@ def install(m=None) -> str:
 
 def _read_cache(path):
     """The cached program, or None (missing, or not ours and private)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if (st.st_mode & 0o170000 != 0o100000 or st.st_uid != os.getuid()
-                or st.st_mode & 0o022 or st.st_size > 1 << 20):
-            return None
-        data = os.read(fd, st.st_size + 1)
-    finally:
-        os.close(fd)
-    if data[:4] != b"UKSB" or len(data) < 8:
+    from .files import read_private
+    data = read_private(path, 1 << 20)
+    if data is None or data[:4] != b"UKSB" or len(data) < 8:
         return None
     n = int.from_bytes(data[4:8], "little")
     bpf = data[8:8 + n]
@@ -180,18 +156,8 @@ def _numbered(bpf: bytes) -> bytes:
 
 def _write_cache(path, data) -> None:
     """Write the program, and drop the programs of earlier policies (one per change)."""
-    from .files import write_new
-    try:
-        write_new(path, data, 0o600)
-    except OSError:
-        return                # no cache: the next run compiles again
-    d, me = os.path.split(path)
-    try:
-        for name in os.listdir(d):
-            if name.startswith("seccomp-") and name.endswith(".bpf") and name != me:
-                os.unlink(os.path.join(d, name))
-    except OSError:
-        pass
+    from .files import replace_cached
+    replace_cached(path, data, "seccomp-")
 
 
 def _audit() -> bool:

@@ -91,7 +91,7 @@ class Recorder:
         w = self.w
         w.add(F.R_META, json.dumps(meta, sort_keys=True).encode())
         w.add(F.R_IMAGE, image)
-        w.add(F.R_CPUID, bytes(m.kvm.supported_cpuid()))
+        w.add(F.R_CPUID, bytes(m.cpuid))      # the table the vCPU was given
         limit, w.limit = w.limit, None
         w.flush()                   # the boot state is never cut
         w.limit = limit

@@ -677,6 +677,7 @@ def prepare(argv):
         if rec.cpuid:
             try:
                 m.vcpu.set_cpuid2(bytearray(rec.cpuid))
+                m.cpuid = bytearray(rec.cpuid)
             except UkdbgError as e:
                 sys.stderr.write(f"ukdbg: replay: this KVM refuses the recorded CPUID "
                                  f"table ({e}); the host's is used\n")

@@ -44,6 +44,7 @@ class Machine:
         self.image = image
         self.opts = opts
         self.caps = caps
+        self.cpuid = None             # the kvm_cpuid2 table the vCPU was given
         self.mem_size = mem.size
         self.hypercalls = [None] * abi.HC_MAX
         self.vmexit_hooks = []
@@ -142,7 +143,8 @@ def build_machine(image, opts, warn) -> Machine:
     m.slots.install()
     boot.setup_page_tables(mem, mem.size)
     boot.setup_gdt(mem)
-    vcpu.set_cpuid2(kvm.supported_cpuid())
+    m.cpuid = supported_cpuid(kvm)
+    vcpu.set_cpuid2(m.cpuid)
     vcpu.set_sregs(boot.boot_sregs(vcpu.get_sregs()))
     if caps["tsc_khz"]:
         m.tsc_hz = vcpu.get_tsc_khz() * 1000
@@ -151,6 +153,54 @@ def build_machine(image, opts, warn) -> Machine:
     vcpu.set_regs(boot.boot_regs(image.entry, mem.size))
     flight.setup(m, opts)
     return m
+
+
+def supported_cpuid(kvm) -> bytearray:
+    """KVM_GET_SUPPORTED_CPUID, cached per loaded kvm module: ~0.3 ms of every start-up
+    on this nested host. KVM computes the answer when its module loads and never
+    changes it, so the cache key is the boot (boot_id) and the /dev/kvm node (inode,
+    ctime: reloading the module makes a new node). The file is private
+    (files.private_cache_dir) and must have the size of the buffer it fills."""
+    from ..files import private_cache_dir, read_private, replace_cached
+    size = uapi.CPUID_HEAD.size + uapi.CPUID_MAX_ENTRIES * uapi.CPUID_ENTRY_SIZE
+    path = None
+    try:
+        st = os.fstat(kvm.fd)
+        fd = os.open("/proc/sys/kernel/random/boot_id", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            boot_id = os.read(fd, 64).strip().decode("ascii", "replace")
+        finally:
+            os.close(fd)
+        d = private_cache_dir()
+        if d and boot_id.replace("-", "").isalnum():
+            path = f"{d}/cpuid-{boot_id}-{st.st_ino:x}-{st.st_ctime_ns:x}.bin"
+    except OSError:
+        pass
+    data = read_private(path, size) if path else None
+    if data is not None and len(data) == size and \
+            0 < uapi.CPUID_HEAD.unpack_from(data)[0] <= uapi.CPUID_MAX_ENTRIES:
+        return bytearray(data)
+    buf = for_vcpu0(kvm.supported_cpuid())
+    if path:
+        replace_cached(path, buf, "cpuid-")
+    return buf
+
+
+def for_vcpu0(buf: bytearray) -> bytearray:
+    """KVM fills the APIC IDs of leaf 1 (EBX[31:24]) and leaves 0xB/0x1F (EDX) from the
+    host CPU the ioctl ran on: our one vCPU's are 0 (as Firecracker sets its vCPUs'),
+    and the same table on every run and host CPU (a replay's guest sees what the
+    recorded one saw)."""
+    n = uapi.CPUID_HEAD.unpack_from(buf)[0]
+    base = uapi.CPUID_HEAD.size
+    for i in range(min(n, uapi.CPUID_MAX_ENTRIES)):
+        off = base + i * uapi.CPUID_ENTRY_SIZE
+        function = int.from_bytes(buf[off:off + 4], "little")
+        if function == 1:
+            buf[off + 19] = 0                   # EBX[31:24], at entry offset 16
+        elif function in (0xB, 0x1F):
+            buf[off + 24:off + 28] = bytes(4)   # EDX
+    return buf
 
 
 def write_boot_info(m: Machine, cmdline: bytes) -> None:
