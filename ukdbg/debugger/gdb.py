@@ -52,7 +52,7 @@ class Attach(Interrupted):
 # the spin would only delay the client). gdb's next packet comes within 0.25 ms 92% of
 # the time in a loop of breakpoint hits, within 0.4 ms 99% (bench/gdb.py bp): each
 # one that comes after the spin costs a wake-up, 0.1-0.4 ms here. 1 ms, not 0.25:
-# 15-25% more breakpoint hits a second.
+# 4-7% more breakpoint hits a second (8 alternating runs), stepi within the noise.
 SPIN = 0.001 if len(os.sched_getaffinity(0)) > 1 else 0.0
 # Bounds on what a client can make the monitor hold or wait for (issue 9). gdb waits
 # for each reply (its largest request or reply is ~128 KiB), so only a client that
