@@ -23,7 +23,6 @@ UKDBG_NO_PRELOAD=1 skip it.
 
 import marshal
 import os
-import sys
 
 from . import DEFERRED, PKG_DIR, TAG, _load as load, _magic, cache_path  # noqa: F401
 from . import load_run_path as preload  # noqa: F401  (the entry's name in older trees)

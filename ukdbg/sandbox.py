@@ -17,10 +17,9 @@ to load at every run.
 Cost at start-up. libseccomp (through the pyseccomp binding) compiles POLICY into BPF;
 importing it and compiling costs ~30-100 ms (ctypes, typing, a `ldconfig -p`), far over
 the 2 ms budget. So the compiled program is cached in ~/.cache/ukdbg (0700, checked to
-be the user's own), keyed by the policy file's size and mtime: the first run compiles it with
-libseccomp and loads it with libseccomp's seccomp_load(); every later run loads
-libseccomp's cached program with one seccomp(2) call through native.py (the C-level
-_ctypes module).
+be the user's own), keyed by the policy file's size and mtime: the first run compiles it
+with libseccomp, and every run loads the program with one seccomp(2) call through
+native.py (the C-level _ctypes module).
 """
 
 import os
