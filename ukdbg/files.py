@@ -14,6 +14,8 @@ Usage (by each reader, with its own error class):
     fd, size = open_regular(path, max_size, "core", error=CoreFormatError)
     data = read_regular(path, IMAGE_MAX, "image", error=ExecutableError)
 Block devices (--block) pass allow_block=True: a regular file or a block special file.
+The per-user cache (the compiled sandbox, KVM's CPUID table) is read and written here
+too: private_cache_dir(), read_private(), replace_cached().
 Only small C-level modules here: this is on the plain run path.
 """
 
