@@ -186,17 +186,26 @@ def read_private(path, max_size: int):
         os.close(fd)
 
 
-def replace_cached(path, data, prefix: str) -> None:
-    """Write a cache file (0600) and delete the files of earlier keys, those of its
-    directory named prefix*. A cache that cannot be written is no error."""
+def replace_cached(path, data, prefix: str, older_than: float = 0.0) -> None:
+    """Write a cache file (0600) and delete the files of other keys, those of its
+    directory named prefix*, written over older_than seconds ago (0: all). A cache
+    that cannot be written is no error."""
     try:
         write_new(path, data, 0o600)
     except OSError:
         return
     d, me = os.path.split(path)
     try:
-        for name in os.listdir(d):
-            if name.startswith(prefix) and name != me and not name.endswith(".tmp"):
-                os.unlink(os.path.join(d, name))
+        names = os.listdir(d)
     except OSError:
-        pass
+        return
+    import time
+    limit = time.time() - older_than
+    for name in names:
+        if name.startswith(prefix) and name != me and not name.endswith(".tmp"):
+            p = os.path.join(d, name)
+            try:
+                if not older_than or os.lstat(p).st_mtime < limit:
+                    os.unlink(p)
+            except OSError:
+                pass

@@ -154,9 +154,12 @@ def _numbered(bpf: bytes) -> bytes:
 
 
 def _write_cache(path, data) -> None:
-    """Write the program, and drop the programs of earlier policies (one per change)."""
+    """Write the program, and drop those of other policies not written for 30 days:
+    each change of the policy leaves one, but two installs of ukdbg (a checkout and
+    a venv) each have theirs, and deleting the other's would make both compile at
+    every other run."""
     from .files import replace_cached
-    replace_cached(path, data, "seccomp-")
+    replace_cached(path, data, "seccomp-", older_than=30 * 86400)
 
 
 def _audit() -> bool:

@@ -128,10 +128,17 @@ def test_nothing_was_changed(results):
     assert sorted(os.listdir(d)) == ["existing", "n2"]
 
 
-def test_a_new_program_replaces_the_cached_programs_of_earlier_policies(tmp_path):
+def test_a_new_program_replaces_the_stale_programs_of_other_policies(tmp_path):
+    """Those not written for 30 days go; a recent one may be another install's."""
+    import time
     from ukdbg import sandbox
+    month = time.time() - 31 * 86400
     for old in ("seccomp-1-3000-25f3-18ed4341b4df4945.bpf", "seccomp-398be1e3.bpf"):
         (tmp_path / old).write_bytes(b"old")
+        os.utime(tmp_path / old, (month, month))
+    (tmp_path / "seccomp-2-3000-9-9.bpf").write_bytes(b"another install's")
     (tmp_path / "other-file").write_bytes(b"keep")
+    os.utime(tmp_path / "other-file", (month, month))
     sandbox._write_cache(str(tmp_path / "seccomp-2-3000-1-2.bpf"), b"UKSB")
-    assert sorted(os.listdir(tmp_path)) == ["other-file", "seccomp-2-3000-1-2.bpf"]
+    assert sorted(os.listdir(tmp_path)) == ["other-file", "seccomp-2-3000-1-2.bpf",
+                                            "seccomp-2-3000-9-9.bpf"]
