@@ -157,11 +157,15 @@ def leaked(argv, env, src):
 
 OPEN_CODE = """
 import os, sys, time
-try:
-    from ukdbg.preload import preload   # as `ukdbg run` starts (absent in old trees)
-    preload()
+import ukdbg
+try:                                    # as `ukdbg run` starts (absent in old trees)
+    from ukdbg import load_run_path as preload
 except ImportError:
-    pass
+    try:
+        from ukdbg.preload import preload
+    except ImportError:
+        preload = lambda: None          # noqa: E731
+preload()
 from ukdbg import run as R
 m = R.prepare(sys.argv[1:])
 try:
@@ -228,6 +232,10 @@ class Tree:
     def import_code(self, imports):
         """The run path's imports as `ukdbg run` makes them: from the module cache
         (ukdbg/preload.py, with the collector off) in a tree that has one."""
+        with open(os.path.join(self.src, "ukdbg", "__init__.py")) as f:
+            if "def load_run_path" in f.read():
+                return "import gc; gc.disable(); import ukdbg; ukdbg.load_run_path(); " \
+                    + imports
         if os.path.exists(os.path.join(self.src, "ukdbg", "preload.py")):
             return "import gc; gc.disable(); from ukdbg import preload; preload.preload(); " \
                 + imports
