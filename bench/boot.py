@@ -28,6 +28,9 @@ DIR`), the same figures are measured for it in the same run, interleaved: before
 figures that share this host's drift.
 
 The seccomp sandbox's start-up cost is measured apart (sandbox_cost), on its own lines.
+So is the platform's floor: bench/bare_kvm.py, the same VM set-up, run and teardown
+with no monitor (the standard library's fcntl, mmap and struct only), over
+`python -c pass`: what a run costs before any of ukdbg's own code.
 
 usage: bench/boot.py [-n 20] [--baseline-src DIR] [--sandbox-only]
 """
@@ -50,6 +53,7 @@ RUN_PATH_IMPORTS = ("ukdbg.cli", "ukdbg.run", "ukdbg.tender.modules.core",
 GUESTS = {"hello": ["hello.hvt"], "banner": ["banner.hvt"]}
 HEAVY = ("rich", "elftools", "capstone", "prompt_toolkit", "pygdbmi", "ctypes", "enum",
          "re", "json", "argparse", "threading", "socket")
+BARE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bare_kvm.py")
 GOAL_OWN = 6.0      # ms, ukdbg's own part per guest (issue 12)
 GOAL_OPEN = 1.0     # ms, opening the control socket
 
@@ -262,10 +266,11 @@ def measure(trees, n):
         for t in trees:
             for g in GUESTS:
                 timed([t.command(), "run", *app_argv(g)], t.env)
-    base, base_cpu = [], []
+    base, base_cpu, bare = [], [], []
     for _ in range(n):
         base.append(timed([py, "-c", "pass"], base_env))
         base_cpu.append(CPU[-1])
+        bare.append(timed([py, BARE], base_env) - base[-1])
         for t in trees:
             for g in GUESTS:
                 t.total[g].append(timed([t.command(), "run", *app_argv(g)], t.env))
@@ -276,7 +281,7 @@ def measure(trees, n):
     for t in trees:
         for g in GUESTS:
             t.leaked[g] = leaked(app_argv(g), t.env, t.src)
-    return base, base_cpu, trees
+    return base, base_cpu, trees, bare
 
 
 def report_guest(name, t, base, base_cpu):
@@ -361,8 +366,10 @@ def main():
         if a.baseline_src:
             trees.insert(0, Tree(f"baseline {a.baseline_src}",
                                  os.path.abspath(a.baseline_src)))
-        base, base_cpu, trees = measure(trees, a.n)
+        base, base_cpu, trees, bare = measure(trees, a.n)
         print(f"boot to exit, {a.n} runs each, alternating; python -c pass {stats(base)}")
+        print(f"the platform's floor (bench/bare_kvm.py: the same VM set-up and teardown, "
+              f"no monitor) over python -c pass: {med(bare):.2f} ms (min {min(bare):.2f})")
         for t in trees:
             print(f"{t.label}:")
             for g in GUESTS:
