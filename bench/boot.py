@@ -270,7 +270,7 @@ def measure(trees, n):
     for _ in range(n):
         base.append(timed([py, "-c", "pass"], base_env))
         base_cpu.append(CPU[-1])
-        bare.append(timed([py, BARE], base_env) - base[-1])
+        bare.append(timed([py, BARE], base_env))
         for t in trees:
             for g in GUESTS:
                 t.total[g].append(timed([t.command(), "run", *app_argv(g)], t.env))
@@ -369,7 +369,8 @@ def main():
         base, base_cpu, trees, bare = measure(trees, a.n)
         print(f"boot to exit, {a.n} runs each, alternating; python -c pass {stats(base)}")
         print(f"the platform's floor (bench/bare_kvm.py: the same VM set-up and teardown, "
-              f"no monitor) over python -c pass: {med(bare):.2f} ms (min {min(bare):.2f})")
+              f"no monitor) over python -c pass: {med(bare) - med(base):.2f} ms (medians), "
+              f"{min(bare) - min(base):.2f} ms (minimums)")
         for t in trees:
             print(f"{t.label}:")
             for g in GUESTS:
