@@ -71,14 +71,14 @@ def _enabled() -> bool:
             and not sys.flags.optimize)
 
 
-def _load(path=None) -> bool:
+def _load(cache=None) -> bool:
     """Load the file's extension modules, then run its modules not imported yet. False
     (nothing run) when the file is missing, stale or not trustworthy: the caller
     imports normally."""
-    opened = _open(path or cache_path())
+    opened = _open(cache or cache_path())
     if opened is None:
         return False
-    fd, size, exts, index, base = opened
+    fd, file_size, exts, index, base = opened
     bootstrap = sys.modules["_frozen_importlib"]
     external = sys.modules["_frozen_importlib_external"]
     mods = sys.modules
@@ -86,14 +86,14 @@ def _load(path=None) -> bool:
     try:
         # The stdlib's C modules by their recorded file: no search along sys.path
         # (~0.1 ms each here).
-        for name, path in exts:
+        for name, so in exts:
             if name not in mods:
-                spec = bootstrap.ModuleSpec(name, external.ExtensionFileLoader(name, path),
-                                            origin=path)
+                spec = bootstrap.ModuleSpec(name, external.ExtensionFileLoader(name, so),
+                                            origin=so)
                 spec.has_location = True
                 bootstrap._load(spec)
         import mmap
-        mm = mmap.mmap(fd, size, mmap.MAP_PRIVATE, mmap.PROT_READ)
+        mm = mmap.mmap(fd, file_size, mmap.MAP_PRIVATE, mmap.PROT_READ)
     except (ImportError, OSError):
         return False            # a C module that will not load: the import system's turn
     finally:

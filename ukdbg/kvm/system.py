@@ -52,7 +52,7 @@ class Kvm:
 
     def supported_cpuid(self) -> bytearray:
         """KVM_GET_SUPPORTED_CPUID into a struct kvm_cpuid2 buffer of 100 entries."""
-        buf = bytearray(uapi.CPUID_HEAD.size + uapi.CPUID_MAX_ENTRIES * uapi.CPUID_ENTRY_SIZE)
+        buf = bytearray(uapi.CPUID_SIZE)
         uapi.CPUID_HEAD.pack_into(buf, 0, uapi.CPUID_MAX_ENTRIES, 0)
         try:
             ioctl_inout(self.fd, uapi.KVM_GET_SUPPORTED_CPUID, buf)

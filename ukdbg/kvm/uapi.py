@@ -304,6 +304,7 @@ XCR_ENTRY = struct.Struct("<IIQ")
 CPUID_MAX_ENTRIES = 100                   # the buffer Solo5 uses (hvt-abi.md §5)
 CPUID_ENTRY_SIZE = 40
 CPUID_HEAD = struct.Struct("<II")         # nent, padding
+CPUID_SIZE = CPUID_HEAD.size + CPUID_MAX_ENTRIES * CPUID_ENTRY_SIZE   # the whole buffer
 DIRTY_LOG = struct.Struct("<IIQ")         # slot, padding, dirty_bitmap (user pointer)
 MSRS_HEAD = struct.Struct("<II")          # nmsrs, pad; then {u32 index, u32, u64 data}
 MSR_ENTRY = struct.Struct("<IIQ")

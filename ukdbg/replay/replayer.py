@@ -676,8 +676,9 @@ def prepare(argv):
     try:
         if rec.cpuid:
             try:
-                m.vcpu.set_cpuid2(bytearray(rec.cpuid))
-                m.cpuid = bytearray(rec.cpuid)
+                table = bytearray(rec.cpuid)
+                m.vcpu.set_cpuid2(table)
+                m.cpuid = table
             except UkdbgError as e:
                 sys.stderr.write(f"ukdbg: replay: this KVM refuses the recorded CPUID "
                                  f"table ({e}); the host's is used\n")

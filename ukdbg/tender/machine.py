@@ -162,7 +162,7 @@ def supported_cpuid(kvm) -> bytearray:
     ctime: reloading the module makes a new node). The file is private
     (files.private_cache_dir) and must have the size of the buffer it fills."""
     from ..files import private_cache_dir, read_private, replace_cached
-    size = uapi.CPUID_HEAD.size + uapi.CPUID_MAX_ENTRIES * uapi.CPUID_ENTRY_SIZE
+    size = uapi.CPUID_SIZE
     path = None
     try:
         st = os.fstat(kvm.fd)
