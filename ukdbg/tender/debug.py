@@ -39,7 +39,6 @@ class DebugControl:
         # owner -> fn(m, gva) -> Stop | None: the owner performs the instruction under
         # its breakpoint itself (replay's RDTSC...); a step over it must call this
         self.emulators = {}
-        self._applied = None
         self._quick = None               # apply()'s inputs when it last ran
         self._hit = None                 # the SwBreakpoint identify() last found
         self._hooked = False
@@ -206,7 +205,7 @@ class DebugControl:
         hw = self.hw
         quick = (bool(self.sw), self.single_step, hw[0], hw[1], hw[2], hw[3])
         if quick == self._quick:
-            return                    # what decides the ioctl is as last applied
+            return                    # control and dr are a function of these: as applied
         control = 0
         dr = [0] * 8
         if self.sw:
@@ -221,10 +220,7 @@ class DebugControl:
             dr[7] = dr7
         if self.single_step:
             control |= uapi.KVM_GUESTDBG_ENABLE | uapi.KVM_GUESTDBG_SINGLESTEP
-        key = (control, tuple(dr))
-        if key != self._applied:
-            self.m.vcpu.set_guest_debug(control, dr)
-            self._applied = key
+        self.m.vcpu.set_guest_debug(control, dr)
         self._quick = quick
 
     def flush(self) -> None:
